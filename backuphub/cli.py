@@ -1,0 +1,190 @@
+"""The ``backuphub`` command: every service and tool of the project behind one entry point."""
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from backuphub.settings import ConfigurationError, Settings, embedded_secrets
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """The embedded deployment: everything in one process on SQLite."""
+    import uvicorn
+
+    from backuphub.database import make_engine, migrate
+    from backuphub.embedded import EmbeddedSink
+    from backuphub.security import ApiKeys
+    from consumers.query_api import query_router
+    from ingest_api.app import create_ingest_app
+    from ingest_api.registry import JobRegistry
+
+    settings = Settings.from_env()
+    home = settings.home.resolve()
+    secrets = embedded_secrets(home)
+    database_url = settings.database_url or f"sqlite:///{home / 'backuphub.db'}"
+    engine = make_engine(database_url)
+    migrate(engine)
+
+    keys = ApiKeys(settings.api_keys or [secrets.api_key])
+    jwt_secret = settings.jwt_secret or secrets.jwt_secret
+    app = create_ingest_app(
+        keys=keys,
+        registry=JobRegistry(engine),
+        sink=EmbeddedSink(engine),
+        extra_routers=(query_router(engine, jwt_secret),),
+        service="embedded",
+    )
+
+    base = f"http://{args.host}:{args.port}"
+    shown_key = secrets.api_key if not settings.api_keys else "(from AOMEI_API_KEYS)"
+    print(
+        f"backuphub (embedded) serving on {base}\n"
+        f"  data:      {database_url}\n"
+        f"  API key:   {shown_key}\n"
+        f"  get a JWT: backuphub token --subject you --role viewer\n"
+        f"  try:       curl -H 'X-API-Key: <key>' -H 'Content-Type: application/json' "
+        f"-d '{{\"job_id\": 0, \"task_name\": \"Test Backup\"}}' {base}/api/v1/aomei/register",
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None)
+    return 0
+
+
+def _distributed_settings(*needs: str) -> Settings:
+    settings = Settings.from_env()
+    settings.require(*needs)
+    return settings
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from backuphub.database import make_engine, migrate
+    from backuphub.security import ApiKeys
+    from ingest_api.app import create_ingest_app
+    from ingest_api.publish import KafkaReportSink
+    from ingest_api.registry import JobRegistry
+
+    settings = _distributed_settings("api_keys", "database_url")
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    sink = KafkaReportSink(
+        settings.kafka_bootstrap_servers, settings.topics, settings.publish_timeout_seconds
+    )
+    app = create_ingest_app(
+        keys=ApiKeys(settings.api_keys),
+        registry=JobRegistry(engine),
+        sink=sink,
+        retry_after=settings.retry_after_seconds,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
+def _process(args: argparse.Namespace) -> int:
+    from processors.app import run_processor
+
+    settings = _distributed_settings()
+    sys.argv = [sys.argv[0], "worker"]  # Faust's worker reads its own command line
+    run_processor(settings, web_port=args.port)
+    return 0
+
+
+def _persist(args: argparse.Namespace) -> int:
+    from backuphub.database import make_engine, migrate
+    from consumers.service import serve_persister
+
+    settings = _distributed_settings("jwt_secret", "database_url")
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    asyncio.run(serve_persister(settings, engine, args.host, args.port))
+    return 0
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from backuphub.database import make_engine, migrate
+
+    settings = _distributed_settings("database_url")
+    migrate(make_engine(settings.database_url))
+    print("schema is up to date")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from backuphub.security import issue_token
+
+    settings = Settings.from_env()
+    secret = settings.jwt_secret or embedded_secrets(settings.home.resolve()).jwt_secret
+    print(issue_token(secret, subject=args.subject, role=args.role, ttl_seconds=args.ttl))
+    return 0
+
+
+def _aomei_parse(args: argparse.Namespace) -> int:
+    from processors.aomei.cli import run_parse
+
+    return run_parse(args.path, since=args.since, task_id=args.task_id, out=sys.stdout,
+                     err=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backuphub", description="Collect and query AOMEI Backupper run reports."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run everything in one process on SQLite")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    serve.set_defaults(handler=_serve)
+
+    ingest = commands.add_parser("ingest", help="run the ingest API (publishes to Kafka)")
+    ingest.add_argument("--host", default="127.0.0.1")
+    ingest.add_argument("--port", type=int, default=8000)
+    ingest.set_defaults(handler=_ingest)
+
+    process = commands.add_parser("process", help="run the Faust stream processors")
+    process.add_argument("--port", type=int, default=8001, help="metrics and health port")
+    process.set_defaults(handler=_process)
+
+    persist = commands.add_parser("persist", help="run the persister and the query API")
+    persist.add_argument("--host", default="127.0.0.1")
+    persist.add_argument("--port", type=int, default=8002)
+    persist.set_defaults(handler=_persist)
+
+    migrate = commands.add_parser("migrate", help="bring the database schema up to date")
+    migrate.set_defaults(handler=_migrate)
+
+    token = commands.add_parser("token", help="issue a JWT for the query API")
+    token.add_argument("--subject", required=True)
+    token.add_argument("--role", choices=("viewer", "admin"), default="viewer")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.set_defaults(handler=_token)
+
+    aomei = commands.add_parser("aomei", help="tools for AOMEI Backupper files")
+    aomei_commands = aomei.add_subparsers(dest="aomei_command", required=True)
+    parse = aomei_commands.add_parser("parse", help="print a brlog.xml as JSON lines")
+    parse.add_argument("path")
+    parse.add_argument("--since", help="only entries newer than this ISO 8601 time")
+    parse.add_argument("--task-id", help="only this task's entries (GUID)")
+    parse.set_defaults(handler=_aomei_parse)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from backuphub.logs import configure_logging
+
+    args = build_parser().parse_args(argv)
+    configure_logging(os.environ.get("BACKUPHUB_LOG_LEVEL", "INFO"))
+    try:
+        code: int = args.handler(args)
+    except ConfigurationError as error:
+        print(f"backuphub: {error}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""What every HTTP service of the project shares: the response envelope, error answers,
+request metrics and the ``/metrics`` endpoint.
+"""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backuphub.metrics import REPORTS_REJECTED, REQUESTS
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An answer other than 200, in the envelope the agents understand."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        errors: list[dict[str, str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.headers = headers
+        self.errors = errors
+
+
+def envelope(success: bool, message: str, data: Any = None, **extra: Any) -> dict[str, Any]:
+    return {"success": success, "message": message, "data": data, **extra}
+
+
+def field_errors(error: RequestValidationError) -> list[dict[str, str]]:
+    """Each failing field as a dotted path with pydantic's reason, without the input value."""
+    errors = []
+    for item in error.errors():
+        location = [str(part) for part in item.get("loc", ()) if part != "body"]
+        errors.append({"field": ".".join(location) or "body", "message": item.get("msg", "")})
+    return errors
+
+
+async def _on_api_error(_request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    body = envelope(False, error.message)
+    if error.errors is not None:
+        body["errors"] = error.errors
+    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+
+async def _on_validation_error(_request: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    errors = field_errors(error)
+    REPORTS_REJECTED.labels("validation").inc()
+    fields = ", ".join(sorted({item["field"] for item in errors}))
+    body = envelope(False, f"Invalid request data: {fields}", errors=errors)
+    return JSONResponse(body, status_code=400)
+
+
+async def _on_http_error(_request: Request, error: Exception) -> Response:
+    assert isinstance(error, StarletteHTTPException)
+    body = envelope(False, str(error.detail))
+    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+
+async def _on_unexpected(request: Request, error: Exception) -> Response:
+    logger.exception("unhandled error", extra={"path": request.url.path})
+    return JSONResponse(envelope(False, "Internal server error"), status_code=500)
+
+
+def install_common(app: FastAPI, service: str) -> None:
+    """Error answers in the envelope, request counting, and ``/metrics``."""
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        REQUESTS.labels(service, endpoint, str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

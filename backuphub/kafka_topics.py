@@ -1,0 +1,51 @@
+"""Creating the project's topics before any service uses them.
+
+Kafka would auto-create a topic on first use, but with the broker's default partition count
+and only after the first write; a consumer started earlier would skip it. Every service
+therefore declares the topics it touches at start.
+"""
+
+import asyncio
+import contextlib
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from schemas.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+# Partitions bound the parallelism of each consumer group; reports are keyed by job id.
+PARTITIONS = 6
+
+
+async def ensure_topics(
+    bootstrap_servers: str, topics: Topics, *, replication: int = 1, timeout: float = 60.0
+) -> bool:
+    """Create missing topics; False when the broker could not be reached within ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    delay = 0.5
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [name for name in topics.all() if name not in existing]
+            if missing:
+                new = [NewTopic(name, PARTITIONS, replication) for name in missing]
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(new)
+                logger.info("topics created", extra={"topics": missing})
+            return True
+        except TopicAlreadyExistsError:
+            return True
+        except (KafkaError, OSError) as error:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                logger.warning("topics not ensured", extra={"error": str(error)})
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()

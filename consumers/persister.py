@@ -1,0 +1,181 @@
+"""The persister: executions from Kafka into PostgreSQL, offsets committed after the rows.
+
+Each poll's batch is written in one database transaction; only after that commit are the
+Kafka offsets committed. A crash in between replays the batch, and the execution id as unique
+key makes the replay a no-op. While the database is down the batch is retried with back-off
+and no offset moves, so the backlog waits in Kafka.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from backuphub.kafka_topics import ensure_topics
+from backuphub.metrics import (
+    CONSUMER_LAG,
+    DATABASE_ERRORS,
+    EVENTS_FAILED,
+    PERSIST_SECONDS,
+    ROWS_PERSISTED,
+)
+from consumers.store import persist_executions
+from schemas.events import EventEnvelope, ExecutionRecord
+from schemas.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+GROUP_ID = "backuphub-persister"
+MAX_BATCH = 5000
+
+
+def decode_execution(record: ConsumerRecord) -> ExecutionRecord:
+    envelope = EventEnvelope.from_bytes(record.value)
+    return ExecutionRecord.model_validate(envelope.payload)
+
+
+def write_batch(engine: Engine, executions: Sequence[ExecutionRecord]) -> int:
+    """Write one batch in one transaction; the number of new rows."""
+    with engine.begin() as connection:
+        return persist_executions(connection, executions)
+
+
+class Persister:
+    """Consumes the executions topic and writes it to the database."""
+
+    def __init__(self, engine: Engine, bootstrap_servers: str, topics: Topics) -> None:
+        self.engine = engine
+        self.bootstrap_servers = bootstrap_servers
+        self.topics = topics
+        self.consumer: AIOKafkaConsumer | None = None
+        self.dead_letters: AIOKafkaProducer | None = None
+        self._stopping = asyncio.Event()
+
+    async def _connect(self) -> None:
+        await ensure_topics(self.bootstrap_servers, self.topics, timeout=3600)
+        delay = 0.5
+        while not self._stopping.is_set():
+            consumer = AIOKafkaConsumer(
+                self.topics.executions,
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=GROUP_ID,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=4 * 1024 * 1024,
+                client_id="backuphub-persister",
+            )
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap_servers, acks="all", enable_idempotence=True
+            )
+            try:
+                await consumer.start()
+                await producer.start()
+            except (KafkaError, OSError) as error:
+                logger.warning("kafka not reachable", extra={"error": str(error), "delay": delay})
+                for client in (consumer, producer):
+                    with contextlib.suppress(Exception):
+                        await client.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self.consumer, self.dead_letters = consumer, producer
+            return
+
+    async def _set_aside(self, record: ConsumerRecord, reason: str) -> None:
+        """Keep an event that cannot be written on the dead-letter topic, never drop it."""
+        assert self.dead_letters is not None
+        EVENTS_FAILED.labels("persist").inc()
+        logger.error(
+            "event set aside",
+            extra={"topic": record.topic, "partition": record.partition,
+                   "offset": record.offset, "reason": reason},
+        )
+        headers = [("reason", reason[:500].encode()), ("source_topic", record.topic.encode())]
+        await self.dead_letters.send_and_wait(
+            self.topics.dead_letters, record.value, key=record.key, headers=headers
+        )
+
+    async def _write_with_retry(self, executions: list[ExecutionRecord]) -> int | None:
+        """Write until the database takes it. None when the batch holds a row it refuses."""
+        delay = 0.5
+        while True:
+            started = time.perf_counter()
+            try:
+                written = await asyncio.to_thread(write_batch, self.engine, executions)
+            except IntegrityError:
+                return None
+            except SQLAlchemyError as error:
+                DATABASE_ERRORS.labels("persister").inc()
+                logger.warning(
+                    "database write failed, retrying",
+                    extra={"error": type(error).__name__, "delay": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            PERSIST_SECONDS.observe(time.perf_counter() - started)
+            return written
+
+    async def _handle(self, records: list[ConsumerRecord]) -> None:
+        executions: list[ExecutionRecord] = []
+        sources: list[ConsumerRecord] = []
+        for record in records:
+            try:
+                executions.append(decode_execution(record))
+                sources.append(record)
+            except (ValidationError, ValueError) as error:
+                await self._set_aside(record, f"undecodable: {error}")
+
+        written = await self._write_with_retry(executions)
+        if written is None:
+            # One row broke the batch (e.g. a job that no longer exists): write them one by one
+            # so only the bad ones are set aside.
+            written = 0
+            for execution, record in zip(executions, sources, strict=True):
+                single = await self._write_with_retry([execution])
+                if single is None:
+                    await self._set_aside(record, "refused by the database")
+                else:
+                    written += single
+
+        ROWS_PERSISTED.inc(written)
+
+    async def run(self) -> None:
+        await self._connect()
+        if self.consumer is None:
+            return
+        consumer = self.consumer
+        logger.info("persister consuming", extra={"topic": self.topics.executions})
+
+        while not self._stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
+            records = [record for partition in batches.values() for record in partition]
+            if not records:
+                continue
+
+            await self._handle(records)
+
+            try:
+                await consumer.commit()
+            except KafkaError as error:
+                # The rows are committed; the batch will be replayed and found already there.
+                logger.warning("offset commit failed", extra={"error": str(error)})
+
+            for partition, taken in batches.items():
+                end = consumer.highwater(partition) or 0
+                lag = max(0, end - (taken[-1].offset + 1))
+                CONSUMER_LAG.labels(partition.topic, str(partition.partition)).set(lag)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for client in (self.consumer, self.dead_letters):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()

@@ -1,0 +1,86 @@
+"""The two GET endpoints, behind JWT bearer authentication."""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from backuphub.http import ApiError, envelope
+from backuphub.metrics import AUTH_FAILURES, DATABASE_ERRORS
+from backuphub.security import TokenRejected, verify_token
+from consumers.queries import job_detail, list_jobs
+
+logger = logging.getLogger(__name__)
+
+BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def bearer_check(secret: str) -> Callable[..., dict[str, Any]]:
+    """A dependency that accepts a valid bearer token and returns its claims."""
+
+    def check(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            AUTH_FAILURES.labels("jwt").inc()
+            raise ApiError(401, "Missing bearer token", headers=BEARER_CHALLENGE)
+        try:
+            return verify_token(secret, token.strip())
+        except TokenRejected as error:
+            AUTH_FAILURES.labels("jwt").inc()
+            raise ApiError(401, f"Invalid token: {error}", headers=BEARER_CHALLENGE) from error
+
+    return check
+
+
+def query_router(engine: Engine, jwt_secret: str) -> APIRouter:
+    router = APIRouter(prefix="/api/v1/aomei", dependencies=[Depends(bearer_check(jwt_secret))])
+
+    def read(action: str, work: Callable[[Any], Any]) -> Any:
+        try:
+            with engine.connect() as connection:
+                return work(connection)
+        except SQLAlchemyError as error:
+            DATABASE_ERRORS.labels("query").inc()
+            logger.error("database error", extra={"action": action, "error": type(error).__name__})
+            raise ApiError(500, "Database error, retry later") from error
+
+    @router.get("/jobs")
+    async def jobs(
+        active_only: bool = True,
+        include_executions: bool = False,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        status: Literal["success", "failed", "warning"] | None = None,
+        server: Annotated[str | None, Query(max_length=255)] = None,
+    ) -> dict[str, Any]:
+        page, total = await asyncio.to_thread(
+            read,
+            "list jobs",
+            lambda connection: list_jobs(
+                connection,
+                active_only=active_only,
+                include_executions=include_executions,
+                limit=limit,
+                offset=offset,
+                status=status,
+                server=server,
+            ),
+        )
+        return envelope(True, f"{total} job(s)", page, total=total, limit=limit, offset=offset)
+
+    @router.get("/jobs/{job_id}")
+    async def job(job_id: int) -> dict[str, Any]:
+        detail = await asyncio.to_thread(
+            read, "job detail", lambda connection: job_detail(connection, job_id)
+        )
+        if detail is None:
+            raise ApiError(400, f"Job {job_id} not found", errors=[
+                {"field": "job_id", "message": f"no job with id {job_id}"}
+            ])
+        return envelope(True, "ok", detail)
+
+    return router

@@ -1,0 +1,58 @@
+"""The persist service: the Kafka-to-PostgreSQL persister and the query API in one process."""
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from backuphub.http import ApiError, envelope, install_common
+from backuphub.settings import Settings
+from consumers.persister import Persister
+from consumers.query_api import query_router
+from ingest_api.app import database_reachable
+
+logger = logging.getLogger(__name__)
+
+
+def create_query_app(engine: Engine, jwt_secret: str, persister: Persister | None) -> FastAPI:
+    app = FastAPI(title="backuphub query")
+    install_common(app, "query")
+    app.include_router(query_router(engine, jwt_secret))
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> dict[str, object]:
+        checks = {
+            "database": await asyncio.to_thread(database_reachable, engine),
+            "kafka": persister is not None and persister.consumer is not None,
+        }
+        if not all(checks.values()):
+            raise ApiError(503, f"degraded: {checks}")
+        return envelope(True, "ok", checks)
+
+    return app
+
+
+async def serve_persister(settings: Settings, engine: Engine, host: str, port: int) -> None:
+    """Run the persister and the query API until the process is told to stop."""
+    persister = Persister(engine, settings.kafka_bootstrap_servers, settings.topics)
+    app = create_query_app(engine, settings.jwt_secret, persister)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None))
+
+    persisting = asyncio.create_task(persister.run())
+
+    def stop_when_persister_ends(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("persister stopped", exc_info=task.exception())
+        server.should_exit = True
+
+    persisting.add_done_callback(stop_when_persister_ends)
+    try:
+        await server.serve()
+    finally:
+        await persister.stop()
+        persisting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await persisting

@@ -1,0 +1,120 @@
+"""Writing executions and copies: idempotent, batched, one transaction per batch.
+
+The persister and the embedded pipeline both write through ``persist_executions``. Every row
+is keyed by its execution id, so a batch written twice (a redelivered Kafka batch, an agent's
+retry) leaves the tables as they were after the first write.
+"""
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Insert, Table, func, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from schemas.events import ExecutionRecord, utc_now
+from schemas.tables import backup_copies, backup_executions, backup_jobs
+
+logger = logging.getLogger(__name__)
+
+
+def _insert(connection: Connection, table: Table) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _execution_row(execution: ExecutionRecord, now: Any) -> dict[str, Any]:
+    return {
+        "execution_uid": execution.execution_id,
+        "report_id": execution.report_id,
+        "job_id": execution.job_id,
+        "execution_date": execution.execution_date,
+        "execution_result": execution.status,
+        "reported_status": (execution.reported_status or "")[:64] or None,
+        "backup_size_bytes": execution.backup_size_bytes,
+        "duration_seconds": execution.duration_seconds,
+        "start_time": execution.start_time,
+        "end_time": execution.end_time,
+        "error_message": execution.error_message,
+        "details": execution.details,
+        "task_name": execution.task_name,
+        "source_system": execution.source_system,
+        "flags": ",".join(execution.flags)[:255],
+        "received_at": execution.received_at,
+        "created_at": now,
+    }
+
+
+def _latest_copies(executions: Iterable[ExecutionRecord]) -> list[ExecutionRecord]:
+    """The newest execution per (job, copy type): one statement may touch a row only once."""
+    latest: dict[tuple[int, str], ExecutionRecord] = {}
+    for execution in executions:
+        key = (execution.job_id, execution.copy_type)
+        if key not in latest or execution.execution_date >= latest[key].execution_date:
+            latest[key] = execution
+    return list(latest.values())
+
+
+def _upsert_copies(connection: Connection, executions: Sequence[ExecutionRecord]) -> None:
+    """Point each copy at its newest backup; an older run arriving late changes nothing."""
+    now = utc_now()
+    rows = [
+        {
+            "job_id": execution.job_id,
+            "copy_type": execution.copy_type,
+            "media_type": execution.media_type,
+            "storage_path": execution.storage_path,
+            "last_backup_date": execution.execution_date,
+            "last_backup_size": execution.backup_size_bytes,
+            "status": execution.status,
+            "updated_at": now,
+        }
+        for execution in _latest_copies(executions)
+    ]
+    if not rows:
+        return
+
+    statement: Insert = _insert(connection, backup_copies)
+    excluded = statement.excluded  # type: ignore[attr-defined]
+    statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
+        index_elements=["job_id", "copy_type"],
+        set_={
+            "media_type": excluded.media_type,
+            # A report that does not name the path (a log analysis) keeps the known one.
+            "storage_path": func.coalesce(excluded.storage_path, backup_copies.c.storage_path),
+            "last_backup_date": excluded.last_backup_date,
+            "last_backup_size": excluded.last_backup_size,
+            "status": excluded.status,
+            "updated_at": excluded.updated_at,
+        },
+        where=backup_copies.c.last_backup_date <= excluded.last_backup_date,
+    )
+    connection.execute(statement, rows)
+
+
+def persist_executions(connection: Connection, executions: Sequence[ExecutionRecord]) -> int:
+    """Write a batch of executions in the caller's transaction; return how many were new."""
+    if not executions:
+        return 0
+
+    now = utc_now()
+    statement = (
+        _insert(connection, backup_executions)
+        .on_conflict_do_nothing(index_elements=["execution_uid"])
+        .returning(backup_executions.c.execution_uid)
+    )
+    rows = [_execution_row(execution, now) for execution in executions]
+    inserted = set(connection.execute(statement, rows).scalars().all())
+
+    new_executions = [e for e in executions if e.execution_id in inserted]
+    _upsert_copies(connection, new_executions)
+
+    touched_jobs = sorted({execution.job_id for execution in new_executions})
+    if touched_jobs:
+        connection.execute(
+            update(backup_jobs).where(backup_jobs.c.id.in_(touched_jobs)).values(updated_at=now)
+        )
+
+    return len(new_executions)

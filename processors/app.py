@@ -1,0 +1,96 @@
+"""The Faust app: reports in, normalised executions and alerts out.
+
+The agent only wires topics to ``processors.rules.process_report``; the rules themselves are
+plain functions. Concurrency stays 1, so offsets are committed in order, and nothing inside
+the agent blocks the event loop (the rules are pure CPU on one small report).
+
+Output events carry ids derived from the report, so when the processor dies between writing
+its output and committing its input offset, the replay produces the same ids and the
+persister and alert subscribers see duplicates they already know how to ignore.
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from backuphub.kafka_topics import ensure_topics
+from backuphub.metrics import EVENTS_FAILED, EVENTS_PROCESSED
+from backuphub.settings import Settings
+from processors.rules import ReportRejected, process_report
+from schemas.events import EventEnvelope
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "processors"
+
+
+def _broker_url(bootstrap_servers: str) -> str:
+    hosts = [host.strip() for host in bootstrap_servers.split(",") if host.strip()]
+    return ";".join(f"kafka://{host}" for host in hosts)
+
+
+def create_processor_app(settings: Settings, *, web_port: int = 8001) -> faust.App:
+    app = faust.App(
+        "backuphub-processor",
+        broker=_broker_url(settings.kafka_bootstrap_servers),
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_bind="127.0.0.1",
+        web_port=web_port,
+        web_enabled=True,
+    )
+    topics = settings.topics
+    reports = app.topic(topics.reports, key_type=bytes, value_type=bytes)
+    executions = app.topic(topics.executions, key_type=bytes, value_type=bytes)
+    alerts = app.topic(topics.alerts, key_type=bytes, value_type=bytes)
+    dead_letters = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes)
+
+    @app.agent(reports, concurrency=1)
+    async def process(stream: Any) -> None:
+        async for key, value in stream.items():
+            try:
+                envelope = EventEnvelope.from_bytes(value)
+                events = process_report(envelope, SOURCE)
+            except (ValidationError, ReportRejected, ValueError) as error:
+                EVENTS_FAILED.labels("process").inc()
+                logger.error("report set aside", extra={"key": key, "error": str(error)[:300]})
+                await dead_letters.send(key=key, value=value)
+                continue
+
+            for event in events:
+                target = executions if event.event_type == "execution.recorded" else alerts
+                await target.send(key=str(event.job_id).encode(), value=event.to_bytes())
+                if event.event_type == "execution.recorded":
+                    EVENTS_PROCESSED.labels(event.payload["status"]).inc()
+
+            logger.debug(
+                "report processed",
+                extra={"job_id": envelope.job_id, "event_id": envelope.event_id},
+            )
+
+    @app.page("/metrics")
+    async def metrics(web: Any, _request: Any) -> Any:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/health")
+    async def health(web: Any, _request: Any) -> Any:
+        return web.json({"success": True, "message": "ok", "data": {"kafka": True}})
+
+    return app
+
+
+def run_processor(settings: Settings, *, web_port: int = 8001) -> None:
+    """Run the Faust worker in the foreground until it is stopped."""
+    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, settings.topics, timeout=3600))
+    app = create_processor_app(settings, web_port=web_port)
+    worker = faust.Worker(app, loglevel="INFO", quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,172 @@
+"""Request and response bodies of the HTTP API (``/api/v1/aomei``).
+
+Field names follow the wire contract that deployed agents already speak. Unknown fields are
+ignored so that newer agents can talk to an older server.
+"""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+ReportId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")
+]
+ShortText = Annotated[str, StringConstraints(max_length=255)]
+LongText = Annotated[str, StringConstraints(max_length=20_000)]
+PathText = Annotated[str, StringConstraints(max_length=1024)]
+
+
+def as_utc_naive(value: datetime | None) -> datetime | None:
+    """Store every time as naive UTC; a time sent without an offset is taken as UTC."""
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+UtcTime = Annotated[datetime, AfterValidator(as_utc_naive)]
+
+
+class CopyType(StrEnum):
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+    OFFSITE = "offsite"
+    OFFLINE = "offline"
+
+
+class MediaType(StrEnum):
+    DISK = "disk"
+    TAPE = "tape"
+    CLOUD = "cloud"
+    EXTERNAL_HDD = "external_hdd"
+    NETWORK = "network"
+
+
+class JobType(StrEnum):
+    SYSTEM_IMAGE = "system_image"
+    FILE = "file"
+    DATABASE = "database"
+    VM = "vm"
+    DISK = "disk"
+    PARTITION = "partition"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+class RegisterRequest(_Body):
+    """Create a job (``job_id`` 0) or update an existing one (``job_id`` > 0)."""
+
+    job_id: int = Field(ge=0)
+    task_name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    job_type: JobType = JobType.SYSTEM_IMAGE
+    target_server: ShortText | None = None
+    target_path: PathText | None = None
+    description: LongText | None = None
+    task_guid: Annotated[
+        str, StringConstraints(pattern=r"^\{?[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\}?$")
+    ] | None = None
+
+    _lower_job_type = field_validator("job_type", mode="before")(_lower)
+
+    @field_validator("task_guid")
+    @classmethod
+    def _canonical_guid(cls, value: str | None) -> str | None:
+        return value.strip("{}").lower() if value else value
+
+
+class StatusRequest(_Body):
+    """One backup run as the agent saw it."""
+
+    job_id: int = Field(gt=0)
+    status: Annotated[str, StringConstraints(max_length=64)]
+    backup_size: int | None = Field(default=None, ge=0)
+    duration: int | None = Field(default=None, ge=0)
+    error_message: LongText | None = None
+    task_name: ShortText | None = None
+    start_time: UtcTime | None = None
+    end_time: UtcTime | None = None
+    details: LongText | None = None
+    copy_type: CopyType = CopyType.PRIMARY
+    media_type: MediaType | None = None
+    storage_path: PathText | None = None
+    report_id: ReportId | None = None
+
+    _lower_enums = field_validator("copy_type", "media_type", mode="before")(_lower)
+
+
+class ParsedLog(_Body):
+    """What the agent extracted from a log itself (the contract's ``parsed_data``)."""
+
+    task_name: ShortText | None = None
+    status: Annotated[str, StringConstraints(max_length=64)]
+    start_time: UtcTime | None = None
+    end_time: UtcTime | None = None
+    duration: int | None = Field(default=None, ge=0)
+    backup_size: int | None = Field(default=None, ge=0)
+    error_message: LongText | None = None
+    details: LongText | None = None
+
+
+class RawEntries(_Body):
+    """New entries of AOMEI's run history, as read from the file, for the server to parse.
+
+    Either ``xml`` (the text of the new ``<Log>`` elements) or ``data`` (the file's new bytes in
+    base64, with their ``encoding``).
+    """
+
+    format: Literal["xml", "base64"] = "xml"
+    xml: Annotated[str, StringConstraints(max_length=5_000_000)] | None = None
+    data: Annotated[str, StringConstraints(max_length=7_000_000)] | None = None
+    encoding: Literal["utf-8", "utf-16-le", "utf-16-be", "auto"] = "auto"
+    task_id: Annotated[
+        str, StringConstraints(pattern=r"^\{?[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\}?$")
+    ] | None = None
+
+    _lower_encoding = field_validator("encoding", mode="before")(_lower)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "RawEntries":
+        if self.format == "xml" and not self.xml:
+            raise ValueError("format 'xml' needs the 'xml' field")
+        if self.format == "base64" and not self.data:
+            raise ValueError("format 'base64' needs the 'data' field")
+        return self
+
+
+class LogAnalysisRequest(_Body):
+    """A log the agent analysed (``parsed_data``) or raw history entries (``raw_entries``)."""
+
+    job_id: int = Field(gt=0)
+    log_file_path: PathText | None = None
+    parsed_data: ParsedLog | None = None
+    raw_entries: RawEntries | None = None
+    report_id: ReportId | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> "LogAnalysisRequest":
+        if self.parsed_data is None and self.raw_entries is None:
+            raise ValueError("one of 'parsed_data' or 'raw_entries' is required")
+        return self
+
+
+class Envelope(BaseModel):
+    """The response shape every endpoint answers with."""
+
+    success: bool
+    message: str
+    data: Any = None

@@ -1,0 +1,84 @@
+"""The database tables, shared by the job registry (ingest), the persister and the queries.
+
+All times are stored as naive UTC. The tables and column names are part of the contract that
+reporting tools already read; columns beyond it only add.
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+metadata = MetaData()
+
+backup_jobs = Table(
+    "backup_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_name", String(255), nullable=False),
+    Column("job_type", String(32), nullable=False, server_default="system_image"),
+    Column("backup_tool", String(32), nullable=False, server_default="aomei"),
+    # '' rather than NULL, so that (target_server, job_name) can be unique.
+    Column("target_server", String(255), nullable=False, server_default=""),
+    Column("target_path", String(1024)),
+    Column("description", Text),
+    Column("task_guid", String(36)),
+    Column("is_active", Boolean, nullable=False, server_default=text("true")),
+    Column("schedule_type", String(32), nullable=False, server_default="manual"),
+    Column("retention_days", Integer, nullable=False, server_default="30"),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    UniqueConstraint("target_server", "job_name", name="uq_backup_jobs_server_name"),
+    Index("ix_backup_jobs_server_guid", "target_server", "task_guid"),
+)
+
+backup_executions = Table(
+    "backup_executions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    # The idempotency key: a redelivered event or a retried report maps to the same value.
+    Column("execution_uid", String(36), nullable=False, unique=True),
+    Column("report_id", String(64), nullable=False),
+    Column("job_id", Integer, ForeignKey("backup_jobs.id"), nullable=False),
+    Column("execution_date", DateTime, nullable=False),
+    Column("execution_result", String(16), nullable=False),
+    Column("reported_status", String(64)),
+    Column("backup_size_bytes", BigInteger),
+    Column("duration_seconds", Integer),
+    Column("start_time", DateTime),
+    Column("end_time", DateTime),
+    Column("error_message", Text),
+    Column("details", Text),
+    Column("task_name", String(255)),
+    Column("source_system", String(32), nullable=False, server_default="aomei_powershell"),
+    Column("flags", String(255), nullable=False, server_default=""),
+    Column("received_at", DateTime, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Index("ix_backup_executions_job_date", "job_id", "execution_date"),
+)
+
+backup_copies = Table(
+    "backup_copies",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, ForeignKey("backup_jobs.id"), nullable=False),
+    Column("copy_type", String(16), nullable=False),
+    Column("media_type", String(16), nullable=False, server_default="disk"),
+    Column("storage_path", String(1024)),
+    Column("last_backup_date", DateTime, nullable=False),
+    Column("last_backup_size", BigInteger),
+    Column("status", String(16), nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    UniqueConstraint("job_id", "copy_type", name="uq_backup_copies_job_copy"),
+)
