@@ -4,7 +4,6 @@ import argparse
 import asyncio
 import os
 import sys
-from pathlib import Path
 
 from backuphub.settings import ConfigurationError, Settings, embedded_secrets
 
@@ -45,7 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
         f"  API key:   {shown_key}\n"
         f"  get a JWT: backuphub token --subject you --role viewer\n"
         f"  try:       curl -H 'X-API-Key: <key>' -H 'Content-Type: application/json' "
-        f"-d '{{\"job_id\": 0, \"task_name\": \"Test Backup\"}}' {base}/api/v1/aomei/register",
+        f'-d \'{{"job_id": 0, "task_name": "Test Backup"}}\' {base}/api/v1/aomei/register',
         flush=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_config=None)
@@ -124,8 +123,9 @@ def _token(args: argparse.Namespace) -> int:
 def _aomei_parse(args: argparse.Namespace) -> int:
     from processors.aomei.cli import run_parse
 
-    return run_parse(args.path, since=args.since, task_id=args.task_id, out=sys.stdout,
-                     err=sys.stderr)
+    return run_parse(
+        args.path, since=args.since, task_id=args.task_id, out=sys.stdout, err=sys.stderr
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

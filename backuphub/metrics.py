@@ -15,9 +15,7 @@ AUTH_FAILURES = Counter(
 REPORTS_ACCEPTED = Counter(
     "backuphub_reports_accepted_total", "Reports answered 200 (durable)", ["kind"]
 )
-REPORTS_REJECTED = Counter(
-    "backuphub_reports_rejected_total", "Reports refused", ["reason"]
-)
+REPORTS_REJECTED = Counter("backuphub_reports_rejected_total", "Reports refused", ["reason"])
 PUBLISH_SECONDS = Histogram(
     "backuphub_publish_seconds",
     "Time from a valid report to its durable acknowledgement",
@@ -29,9 +27,7 @@ EVENTS_PROCESSED = Counter(
 EVENTS_FAILED = Counter(
     "backuphub_events_failed_total", "Events set aside on the dead-letter topic", ["stage"]
 )
-ROWS_PERSISTED = Counter(
-    "backuphub_rows_persisted_total", "New execution rows committed", []
-)
+ROWS_PERSISTED = Counter("backuphub_rows_persisted_total", "New execution rows committed", [])
 PERSIST_SECONDS = Histogram(
     "backuphub_persist_batch_seconds",
     "Time to write and commit one batch",

@@ -94,8 +94,12 @@ class Persister:
         EVENTS_FAILED.labels("persist").inc()
         logger.error(
             "event set aside",
-            extra={"topic": record.topic, "partition": record.partition,
-                   "offset": record.offset, "reason": reason},
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": reason,
+            },
         )
         headers = [("reason", reason[:500].encode()), ("source_topic", record.topic.encode())]
         await self.dead_letters.send_and_wait(

@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, select
+from sqlalchemy import Connection, Row, ScalarSelect, func, select
 
 from schemas.tables import backup_copies, backup_executions, backup_jobs
 
@@ -12,7 +12,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _latest_result():  # type: ignore[no-untyped-def]
+def _latest_result() -> ScalarSelect[Any]:
     """The result of each job's newest execution, as a correlated scalar subquery."""
     return (
         select(backup_executions.c.execution_result)
@@ -132,7 +132,9 @@ def job_detail(connection: Connection, job_id: int) -> dict[str, Any] | None:
         "task_guid": job.task_guid,
         "is_active": job.is_active,
         "schedule_type": job.schedule_type,
-        "latest_execution": None if latest is None else {
+        "latest_execution": None
+        if latest is None
+        else {
             "date": _iso(latest.execution_date),
             "result": latest.execution_result,
             "size": latest.backup_size_bytes,

@@ -78,9 +78,11 @@ def query_router(engine: Engine, jwt_secret: str) -> APIRouter:
             read, "job detail", lambda connection: job_detail(connection, job_id)
         )
         if detail is None:
-            raise ApiError(400, f"Job {job_id} not found", errors=[
-                {"field": "job_id", "message": f"no job with id {job_id}"}
-            ])
+            raise ApiError(
+                400,
+                f"Job {job_id} not found",
+                errors=[{"field": "job_id", "message": f"no job with id {job_id}"}],
+            )
         return envelope(True, "ok", detail)
 
     return router

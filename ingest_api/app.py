@@ -55,13 +55,17 @@ def ingest_router(keys: ApiKeys, registry: JobRegistry, sink: ReportSink, retry_
             raise _database_failure(error, "job lookup") from error
         if not known:
             REPORTS_REJECTED.labels("unknown_job").inc()
-            raise ApiError(400, f"Job {body.job_id} not found", errors=[
-                {"field": "job_id", "message": f"no job with id {body.job_id}"}
-            ])
+            raise ApiError(
+                400,
+                f"Job {body.job_id} not found",
+                errors=[{"field": "job_id", "message": f"no job with id {body.job_id}"}],
+            )
 
         event = report_event(kind, body, utc_now())
         try:
             await sink.submit(event)
+        except SQLAlchemyError as error:
+            raise _database_failure(error, "store report") from error
         except SinkUnavailable as error:
             REPORTS_REJECTED.labels("unavailable").inc()
             logger.warning(
@@ -82,13 +86,15 @@ def ingest_router(keys: ApiKeys, registry: JobRegistry, sink: ReportSink, retry_
         try:
             job = await registry.register(body)
         except JobNotFound as error:
-            raise ApiError(400, str(error), errors=[
-                {"field": "job_id", "message": f"no job with id {error.job_id}"}
-            ]) from error
+            raise ApiError(
+                400,
+                str(error),
+                errors=[{"field": "job_id", "message": f"no job with id {error.job_id}"}],
+            ) from error
         except NameTaken as error:
-            raise ApiError(400, str(error), errors=[
-                {"field": "task_name", "message": str(error)}
-            ]) from error
+            raise ApiError(
+                400, str(error), errors=[{"field": "task_name", "message": str(error)}]
+            ) from error
         except SQLAlchemyError as error:
             raise _database_failure(error, "register") from error
 
@@ -110,9 +116,11 @@ def ingest_router(keys: ApiKeys, registry: JobRegistry, sink: ReportSink, retry_
                 await asyncio.to_thread(decode_raw_entries, body.raw_entries.model_dump())
             except ReportRejected as error:
                 REPORTS_REJECTED.labels("validation").inc()
-                raise ApiError(400, f"Invalid request data: {error}", errors=[
-                    {"field": "raw_entries", "message": str(error)}
-                ]) from error
+                raise ApiError(
+                    400,
+                    f"Invalid request data: {error}",
+                    errors=[{"field": "raw_entries", "message": str(error)}],
+                ) from error
 
         report_id = await accept("log_analysis", body)
         return envelope(True, "Log analysis processed successfully", {"report_id": report_id})

@@ -35,9 +35,7 @@ def upgrade() -> None:
 
     op.create_table(
         "backup_executions",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
         sa.Column("execution_uid", sa.String(36), nullable=False, unique=True),
         sa.Column("report_id", sa.String(64), nullable=False),
         sa.Column("job_id", sa.Integer, sa.ForeignKey("backup_jobs.id"), nullable=False),
