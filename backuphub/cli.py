@@ -87,7 +87,7 @@ def _process(args: argparse.Namespace) -> int:
 
     settings = _distributed_settings()
     sys.argv = [sys.argv[0], "worker"]  # Faust's worker reads its own command line
-    run_processor(settings, web_port=args.port)
+    run_processor(settings, web_host=args.host, web_port=args.port)
     return 0
 
 
@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(handler=_ingest)
 
     process = commands.add_parser("process", help="run the Faust stream processors")
+    process.add_argument("--host", default="127.0.0.1", help="metrics and health address")
     process.add_argument("--port", type=int, default=8001, help="metrics and health port")
     process.set_defaults(handler=_process)
 

@@ -33,7 +33,9 @@ def _broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{host}" for host in hosts)
 
 
-def create_processor_app(settings: Settings, *, web_port: int = 8001) -> faust.App:
+def create_processor_app(
+    settings: Settings, *, web_host: str = "127.0.0.1", web_port: int = 8001
+) -> faust.App:
     app = faust.App(
         "backuphub-processor",
         broker=_broker_url(settings.kafka_bootstrap_servers),
@@ -44,7 +46,7 @@ def create_processor_app(settings: Settings, *, web_port: int = 8001) -> faust.A
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        web_bind="127.0.0.1",
+        web_bind=web_host,
         web_port=web_port,
         web_enabled=True,
     )
@@ -88,9 +90,9 @@ def create_processor_app(settings: Settings, *, web_port: int = 8001) -> faust.A
     return app
 
 
-def run_processor(settings: Settings, *, web_port: int = 8001) -> None:
+def run_processor(settings: Settings, *, web_host: str = "127.0.0.1", web_port: int = 8001) -> None:
     """Run the Faust worker in the foreground until it is stopped."""
     asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, settings.topics, timeout=3600))
-    app = create_processor_app(settings, web_port=web_port)
+    app = create_processor_app(settings, web_host=web_host, web_port=web_port)
     worker = faust.Worker(app, loglevel="INFO", quiet=True)
     worker.execute_from_commandline()
