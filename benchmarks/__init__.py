@@ -1,0 +1,1 @@
+"""Benchmarks of backuphub components; run each module with python -m."""
