@@ -128,6 +128,13 @@ def _aomei_parse(args: argparse.Namespace) -> int:
     )
 
 
+def _agent(args: argparse.Namespace) -> int:
+    """Ship new brlog.xml entries to the ingest API (one run), or preview with --test-mode."""
+    from processors.aomei.agent import run_command
+
+    return run_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backuphub", description="Collect and query AOMEI Backupper run reports."
@@ -171,6 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     parse.add_argument("--task-id", help="only this task's entries (GUID)")
     parse.set_defaults(handler=_aomei_parse)
 
+    agent = commands.add_parser("agent", help="send new brlog.xml entries to the ingest API")
+    agent.add_argument("--brlog", required=True, help="path of AOMEI's brlog.xml")
+    agent.add_argument("--api-url", required=True, help="API base, e.g. http://host:8080/api/v1")
+    agent.add_argument("--api-key-env", default="AOMEI_API_KEY", help="variable holding the key")
+    agent.add_argument("--state-dir", help="state and lock (default: per-user/ProgramData)")
+    agent.add_argument("--spool-dir", help="spool (default: STATE_DIR/spool)")
+    agent.add_argument("--server-name", help="this machine's name (default: host name)")
+    agent.add_argument("--log-file-path", help="path reported to the server (default: --brlog)")
+    agent.add_argument("--job-type", default="system_image")
+    agent.add_argument("--max-attempts", type=int, default=5, help="tries per request and run")
+    agent.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    agent.add_argument("--test-mode", action="store_true", help="print the requests, send none")
+    agent.set_defaults(handler=_agent)
+
     return parser
 
 
@@ -178,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     from backuphub.logs import configure_logging
 
     args = build_parser().parse_args(argv)
-    configure_logging(os.environ.get("BACKUPHUB_LOG_LEVEL", "INFO"))
+    # Tools that print their result keep stderr for real errors; services log their steps.
+    quiet = args.command in ("aomei", "token")
+    configure_logging(os.environ.get("BACKUPHUB_LOG_LEVEL", "ERROR" if quiet else "INFO"))
     try:
         code: int = args.handler(args)
     except ConfigurationError as error:
