@@ -2,8 +2,12 @@
 
 import argparse
 import asyncio
+import logging
 import os
+import shutil
 import sys
+import tempfile
+from typing import Any
 
 from backuphub.settings import ConfigurationError, Settings, embedded_secrets
 
@@ -15,8 +19,11 @@ def _serve(args: argparse.Namespace) -> int:
     from backuphub.database import make_engine, migrate
     from backuphub.embedded import EmbeddedSink
     from backuphub.security import ApiKeys
+    from consumers.alert_checker import MissingBackupChecker
+    from consumers.alerts_api import alert_routers
     from consumers.query_api import query_router
-    from ingest_api.app import create_ingest_app
+    from ingest_api.app import AuthAlarms, create_ingest_app
+    from ingest_api.auth_monitor import DatabaseAlertEmitter, monitor_from
     from ingest_api.registry import JobRegistry
 
     settings = Settings.from_env()
@@ -28,12 +35,27 @@ def _serve(args: argparse.Namespace) -> int:
 
     keys = ApiKeys(settings.api_keys or [secrets.api_key])
     jwt_secret = settings.jwt_secret or secrets.jwt_secret
+    sink = EmbeddedSink(engine)
+    # Alerts are stored like in the distributed mode; the missing-backup check runs in this
+    # process and shares the sink's write lock (one SQLite writer at a time).
+    checker = MissingBackupChecker(
+        engine,
+        source="embedded",
+        write_lock=sink.write_lock,
+        interval_seconds=settings.alert_check_seconds,
+    )
+    stopping = asyncio.Event()
     app = create_ingest_app(
         keys=keys,
         registry=JobRegistry(engine),
-        sink=EmbeddedSink(engine),
-        extra_routers=(query_router(engine, jwt_secret),),
+        sink=sink,
+        extra_routers=(
+            query_router(engine, jwt_secret),
+            *alert_routers(engine, jwt_secret, sink.write_lock),
+        ),
         service="embedded",
+        alarms=AuthAlarms(monitor_from(settings), DatabaseAlertEmitter(engine, sink.write_lock)),
+        background=(lambda: checker.run(stopping),),
     )
 
     base = f"http://{args.host}:{args.port}"
@@ -57,18 +79,20 @@ def _distributed_settings(*needs: str) -> Settings:
     return settings
 
 
-def _ingest(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from backuphub.database import make_engine, migrate
+def ingest_app() -> Any:
+    """The ingest app from the environment; each ``--workers`` process calls this itself."""
+    from backuphub.database import make_engine
+    from backuphub.logs import configure_logging
     from backuphub.security import ApiKeys
-    from ingest_api.app import create_ingest_app
+    from ingest_api.app import AuthAlarms, create_ingest_app
+    from ingest_api.auth_monitor import KafkaAlertEmitter, monitor_from
     from ingest_api.publish import KafkaReportSink
     from ingest_api.registry import JobRegistry
 
+    if not logging.getLogger().handlers:  # a worker process: main() did not run here
+        configure_logging(os.environ.get("BACKUPHUB_LOG_LEVEL", "INFO"))
     settings = _distributed_settings("api_keys", "database_url")
     engine = make_engine(settings.database_url)
-    migrate(engine)
     sink = KafkaReportSink(
         settings.kafka_bootstrap_servers, settings.topics, settings.publish_timeout_seconds
     )
@@ -77,8 +101,41 @@ def _ingest(args: argparse.Namespace) -> int:
         registry=JobRegistry(engine),
         sink=sink,
         retry_after=settings.retry_after_seconds,
+        # Bursts of bad API keys go to the alerts topic through the ingest producer.
+        alarms=AuthAlarms(
+            monitor_from(settings),
+            KafkaAlertEmitter(lambda: sink.producer, settings.topics.alerts),
+        ),
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    return app
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from backuphub.database import make_engine, migrate
+
+    settings = _distributed_settings("api_keys", "database_url")
+    migrate(make_engine(settings.database_url))  # once, before any worker starts
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_config": None,
+        "access_log": False,
+    }
+    if args.workers <= 1:
+        uvicorn.run(ingest_app(), **options)
+        return 0
+
+    # Several processes share the port. Each keeps its own producer, job cache and metrics;
+    # prometheus_client's multiprocess mode (a folder of per-process files, read by /metrics
+    # in backuphub.http) sums their counters so any worker answers /metrics for all.
+    metrics_dir = tempfile.mkdtemp(prefix="backuphub-ingest-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run("backuphub.cli:ingest_app", factory=True, workers=args.workers, **options)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -99,6 +156,59 @@ def _persist(args: argparse.Namespace) -> int:
     engine = make_engine(settings.database_url)
     migrate(engine)
     asyncio.run(serve_persister(settings, engine, args.host, args.port))
+    return 0
+
+
+def _notify(args: argparse.Namespace) -> int:
+    """Deliver alert events to the targets of a JSON config (see consumers.notify_targets)."""
+    from pathlib import Path
+
+    from backuphub.database import make_engine, migrate
+    from consumers.notify import (
+        DeliveryLedger,
+        KafkaNotifyService,
+        Notifier,
+        OutboxNotifyService,
+        serve_notify,
+    )
+    from consumers.notify_targets import ConfigError, load_config
+
+    settings = Settings.from_env()
+    config_path = args.config or settings.notify_config
+    if not config_path:
+        raise ConfigurationError("notify needs --config PATH (or BACKUPHUB_NOTIFY_CONFIG)")
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        raise ConfigurationError(str(error)) from error
+
+    state_dir = Path(args.state_dir) if args.state_dir else settings.home.resolve() / "notify"
+    ledger = (
+        DeliveryLedger(make_engine(args.ledger_url))
+        if args.ledger_url
+        else DeliveryLedger.in_state_dir(state_dir)
+    )
+
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.host)  # /metrics: lag, deliveries
+
+    async def main() -> None:
+        notifier = Notifier(config, ledger)
+        service: KafkaNotifyService | OutboxNotifyService
+        if args.from_database:
+            home = settings.home.resolve()
+            url = settings.database_url or f"sqlite:///{home / 'backuphub.db'}"
+            engine = make_engine(url)
+            migrate(engine)
+            service = OutboxNotifyService(notifier, engine)
+        else:
+            servers = settings.kafka_bootstrap_servers
+            service = KafkaNotifyService(notifier, servers, settings.topics)
+        await serve_notify(service, notifier)
+
+    asyncio.run(main())
     return 0
 
 
@@ -149,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="run the ingest API (publishes to Kafka)")
     ingest.add_argument("--host", default="127.0.0.1")
     ingest.add_argument("--port", type=int, default=8000)
+    ingest.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("BACKUPHUB_INGEST_WORKERS", "1")),
+        help="processes sharing the port (default 1; BACKUPHUB_INGEST_WORKERS)",
+    )
     ingest.set_defaults(handler=_ingest)
 
     process = commands.add_parser("process", help="run the Faust stream processors")
@@ -160,6 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
     persist.add_argument("--host", default="127.0.0.1")
     persist.add_argument("--port", type=int, default=8002)
     persist.set_defaults(handler=_persist)
+
+    notify = commands.add_parser("notify", help="deliver alerts to webhooks, chat and e-mail")
+    notify.add_argument("--config", help="targets file (JSON); default: BACKUPHUB_NOTIFY_CONFIG")
+    notify.add_argument("--state-dir", help="delivery ledger folder (default: HOME/notify)")
+    notify.add_argument("--ledger-url", help="database URL of a shared delivery ledger")
+    notify.add_argument(
+        "--from-database",
+        action="store_true",
+        help="read the alert outbox (embedded mode) instead of the alerts topic",
+    )
+    notify.add_argument("--host", default="127.0.0.1", help="address of the metrics endpoint")
+    notify.add_argument("--metrics-port", type=int, default=8003, help="0: no metrics endpoint")
+    notify.set_defaults(handler=_notify)
 
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.set_defaults(handler=_migrate)

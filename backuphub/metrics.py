@@ -39,3 +39,40 @@ CONSUMER_LAG = Gauge(
 DATABASE_ERRORS = Counter(
     "backuphub_database_errors_total", "Database operations that failed", ["service"]
 )
+
+# --- alerts and what ops watch (consumers.alert_checker, consumers.outbox, consumers.notify) ---
+OPEN_ALERTS = Gauge("backuphub_alerts_open", "Unresolved alerts (open or acknowledged)", ["kind"])
+ALERT_EVENTS = Counter(
+    "backuphub_alert_events_total", "Alert events decided and queued", ["kind", "event_type"]
+)
+ALERT_CHECKS = Counter(
+    "backuphub_alert_checks_total",
+    "Missing-backup checks, by outcome (done, skipped: another instance held the lock, failed)",
+    ["outcome"],
+)
+OUTBOX_PENDING = Gauge("backuphub_alert_outbox_pending", "Alert events not yet published")
+ALERTS_PUBLISHED = Counter(
+    "backuphub_alerts_published_total", "Alert events published to the alerts topic"
+)
+JOBS_BY_SUCCESS_AGE = Gauge(
+    "backuphub_jobs_by_last_success_age",
+    "Active jobs by the age of their last successful backup (<1d, 1-2d, 2-7d, >7d, never)",
+    ["age"],
+)
+OLDEST_SUCCESS_AGE = Gauge(
+    "backuphub_last_success_oldest_age_seconds",
+    "Age of the oldest last successful backup among active jobs that have one",
+)
+NOTIFY_DELIVERIES = Counter(
+    "backuphub_notify_deliveries_total",
+    "Alert deliveries by target type and outcome (delivered, retried, parked, duplicate)",
+    ["target_type", "outcome"],
+)
+NOTIFY_SECONDS = Histogram(
+    "backuphub_notify_delivery_seconds",
+    "Time from an alert event's creation to its delivery",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+AUTH_FAILURE_SOURCES = Gauge(
+    "backuphub_auth_failure_sources_tracked", "Client addresses with recent API-key failures"
+)

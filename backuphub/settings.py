@@ -30,6 +30,13 @@ class Settings:
     home: Path = Path(".backuphub")
     publish_timeout_seconds: float = 3.0
     retry_after_seconds: int = 5
+    # Alerts: how often the missing-backup check runs, the auth-failure-burst thresholds,
+    # and the notify service's target file (JSON; see consumers.notify).
+    alert_check_seconds: float = 30.0
+    auth_burst_threshold: int = 20
+    auth_burst_window_seconds: int = 60
+    auth_burst_quiet_seconds: int = 300
+    notify_config: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -44,6 +51,11 @@ class Settings:
             home=Path(env.get("BACKUPHUB_HOME", ".backuphub")),
             publish_timeout_seconds=float(env.get("BACKUPHUB_PUBLISH_TIMEOUT", "3")),
             retry_after_seconds=int(env.get("BACKUPHUB_RETRY_AFTER", "5")),
+            alert_check_seconds=float(env.get("BACKUPHUB_ALERT_CHECK_SECONDS", "30")),
+            auth_burst_threshold=int(env.get("BACKUPHUB_AUTH_BURST_THRESHOLD", "20")),
+            auth_burst_window_seconds=int(env.get("BACKUPHUB_AUTH_BURST_WINDOW", "60")),
+            auth_burst_quiet_seconds=int(env.get("BACKUPHUB_AUTH_BURST_QUIET", "300")),
+            notify_config=env.get("BACKUPHUB_NOTIFY_CONFIG", ""),
         )
 
     def require(self, *names: str) -> None:

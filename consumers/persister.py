@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
@@ -57,6 +57,8 @@ class Persister:
         self.consumer: AIOKafkaConsumer | None = None
         self.dead_letters: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
+        # Called after a batch added rows (their alerts may wait in the outbox).
+        self.on_written: Callable[[], None] | None = None
 
     async def _connect(self) -> None:
         await ensure_topics(self.bootstrap_servers, self.topics, timeout=3600)
@@ -150,6 +152,8 @@ class Persister:
                     written += single
 
         ROWS_PERSISTED.inc(written)
+        if written and self.on_written is not None:
+            self.on_written()
 
     async def run(self) -> None:
         await self._connect()

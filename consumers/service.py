@@ -1,4 +1,8 @@
-"""The persist service: the Kafka-to-PostgreSQL persister and the query API in one process."""
+"""The persist service: the Kafka-to-PostgreSQL persister and the query API in one process.
+
+Alongside them run the missing-backup check (``consumers.alert_checker``) and the outbox
+publisher that sends alert events to the alerts topic (``consumers.outbox``).
+"""
 
 import asyncio
 import contextlib
@@ -10,6 +14,9 @@ from sqlalchemy import Engine
 
 from backuphub.http import ApiError, envelope, install_common
 from backuphub.settings import Settings
+from consumers.alert_checker import MissingBackupChecker
+from consumers.alerts_api import alert_routers
+from consumers.outbox import OutboxPublisher
 from consumers.persister import Persister
 from consumers.query_api import query_router
 from ingest_api.app import database_reachable
@@ -21,6 +28,8 @@ def create_query_app(engine: Engine, jwt_secret: str, persister: Persister | Non
     app = FastAPI(title="backuphub query")
     install_common(app, "query")
     app.include_router(query_router(engine, jwt_secret))
+    for router in alert_routers(engine, jwt_secret):
+        app.include_router(router)
 
     @app.get("/health", include_in_schema=False)
     async def health() -> dict[str, object]:
@@ -43,6 +52,16 @@ async def serve_persister(settings: Settings, engine: Engine, host: str, port: i
 
     persisting = asyncio.create_task(persister.run())
 
+    stopping = asyncio.Event()
+    publisher = OutboxPublisher(engine, settings.kafka_bootstrap_servers, settings.topics)
+    checker = MissingBackupChecker(engine, interval_seconds=settings.alert_check_seconds)
+    checker.on_events = publisher.wake
+    persister.on_written = publisher.wake
+    alerting = [
+        asyncio.create_task(publisher.run(stopping)),
+        asyncio.create_task(checker.run(stopping)),
+    ]
+
     def stop_when_persister_ends(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             logger.error("persister stopped", exc_info=task.exception())
@@ -52,7 +71,13 @@ async def serve_persister(settings: Settings, engine: Engine, host: str, port: i
     try:
         await server.serve()
     finally:
+        stopping.set()
         await persister.stop()
         persisting.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await persisting
+        for task in alerting:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await publisher.stop()

@@ -7,11 +7,13 @@ retry) leaves the tables as they were after the first write.
 
 import logging
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Table, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from consumers.alert_store import ExecutionAlertContext
 from schemas.events import ExecutionRecord, utc_now
 from schemas.tables import backup_copies, backup_executions, backup_jobs
 
@@ -94,19 +96,73 @@ def _upsert_copies(connection: Connection, executions: Sequence[ExecutionRecord]
     connection.execute(statement, rows)
 
 
-def persist_executions(connection: Connection, executions: Sequence[ExecutionRecord]) -> int:
-    """Write a batch of executions in the caller's transaction; return how many were new."""
-    if not executions:
-        return 0
+# Batches at least this large go through COPY on PostgreSQL (see ``_copy_new_executions``).
+COPY_THRESHOLD = 50
+_STAGING = "_incoming_executions"
 
-    now = utc_now()
+
+def _copy_new_executions(connection: Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """PostgreSQL: COPY the batch into a session-local staging table, then one
+    ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``.
+
+    A multi-row ``INSERT ... VALUES`` of thousands of rows spends most of its time in the
+    driver turning one placeholder per value into SQL; COPY sends the rows as data. The staging
+    table lives as long as the database session and is emptied at every commit (a rolled-back
+    batch's rows were never visible); rows left from an earlier call in the same transaction
+    are already stored, so they conflict and are not counted again.
+    """
+    columns = list(rows[0])
+    names = ", ".join(columns)
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS "
+            f"SELECT {names} FROM backup_executions WITH NO DATA"
+        )
+        with cursor.copy(f"COPY {_STAGING} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[column] for column in columns])
+        cursor.execute(
+            f"INSERT INTO backup_executions ({names}) SELECT {names} FROM {_STAGING} "
+            "ON CONFLICT (execution_uid) DO NOTHING RETURNING execution_uid"
+        )
+        return {str(uid) for (uid,) in cursor.fetchall()}
+
+
+def _insert_new_executions(connection: Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert the rows whose execution id is not stored yet; the ids that were new."""
+    if connection.dialect.name == "postgresql" and len(rows) >= COPY_THRESHOLD:
+        return _copy_new_executions(connection, rows)
     statement = (
         _insert(connection, backup_executions)
         .on_conflict_do_nothing(index_elements=["execution_uid"])
         .returning(backup_executions.c.execution_uid)
     )
+    return set(connection.execute(statement, rows).scalars().all())
+
+
+def persist_executions(
+    connection: Connection,
+    executions: Sequence[ExecutionRecord],
+    *,
+    source: str = "persister",
+    now: datetime | None = None,
+) -> int:
+    """Write a batch of executions in the caller's transaction; return how many were new.
+
+    The alerts that the new executions raise or resolve are decided and queued in the same
+    transaction (``consumers.alert_store``): a replayed batch finds its executions already
+    there and decides nothing twice.
+    """
+    if not executions:
+        return 0
+
+    now = now or utc_now()
+    alerting = ExecutionAlertContext(connection, executions)
+
     rows = [_execution_row(execution, now) for execution in executions]
-    inserted = set(connection.execute(statement, rows).scalars().all())
+    inserted = _insert_new_executions(connection, rows)
 
     new_executions = [e for e in executions if e.execution_id in inserted]
     _upsert_copies(connection, new_executions)
@@ -117,4 +173,5 @@ def persist_executions(connection: Connection, executions: Sequence[ExecutionRec
             update(backup_jobs).where(backup_jobs.c.id.in_(touched_jobs)).values(updated_at=now)
         )
 
+    alerting.apply(connection, new_executions, source, now)
     return len(new_executions)

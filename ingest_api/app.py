@@ -6,36 +6,141 @@ was not and must be sent again.
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from backuphub.http import ApiError, envelope, install_common
 from backuphub.metrics import AUTH_FAILURES, DATABASE_ERRORS, REPORTS_ACCEPTED, REPORTS_REJECTED
 from backuphub.security import ApiKeys
+from ingest_api.auth_monitor import AlertEmitter, AuthFailureMonitor, LoggingEmitter
 from ingest_api.publish import ReportSink, SinkUnavailable
 from ingest_api.registry import JobNotFound, JobRegistry, NameTaken
 from ingest_api.reports import ReportKind, report_event
-from processors.rules import ReportRejected, decode_raw_entries
+from processors.rules import HEARTBEAT_STATUSES, ReportRejected, decode_raw_entries
 from schemas.api import LogAnalysisRequest, RegisterRequest, StatusRequest
 from schemas.events import utc_now
 
 logger = logging.getLogger(__name__)
 
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
-def _api_key_check(keys: ApiKeys) -> Callable[..., None]:
-    def check(x_api_key: Annotated[str | None, Header()] = None) -> None:
-        if not keys.accepts(x_api_key):
+
+def _api_key_check(keys: ApiKeys, alarms: "AuthAlarms") -> Callable[..., Any]:
+    async def check(request: Request) -> None:
+        if not keys.accepts(request.headers.get("x-api-key")):
             AUTH_FAILURES.labels("api_key").inc()
             REPORTS_REJECTED.labels("auth").inc()
+            await alarms.failure(request.client.host if request.client else "unknown")
             raise ApiError(401, "Invalid or missing API key")
 
     return check
+
+
+class AuthAlarms:
+    """The auth-failure-burst monitor and where its alerts go, with a sweep that resolves them.
+
+    Emitting never delays or fails the 401: a broken emitter is logged and the request goes on.
+    """
+
+    def __init__(
+        self,
+        monitor: AuthFailureMonitor | None = None,
+        emitter: AlertEmitter | None = None,
+        sweep_seconds: float = 5.0,
+    ) -> None:
+        self.monitor = monitor or AuthFailureMonitor()
+        self.emitter: AlertEmitter = emitter or LoggingEmitter()
+        self.sweep_seconds = sweep_seconds
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def failure(self, source: str) -> None:
+        decisions = self.monitor.failure(source)
+        if decisions:
+            await self._emit(decisions)
+
+    async def _emit(self, decisions: list[Any]) -> None:
+        try:
+            await self.emitter.emit(decisions)
+        except Exception:
+            logger.exception("auth failure alert not emitted")
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_seconds)
+            decisions = self.monitor.sweep()
+            if decisions:
+                await self._emit(decisions)
+
+    async def start(self) -> None:
+        await self.emitter.start()
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.emitter.stop()
+
+
+def json_body(model: type[BodyT]) -> Callable[[Request], Any]:
+    """A dependency that reads the request body as ``model`` with pydantic's own JSON parser.
+
+    FastAPI's body parameters decode JSON with the standard library and then validate the
+    Python objects field by field; this does both in one pass in pydantic-core. A failure is
+    the same ``RequestValidationError`` (located under ``body``), so the 400 is unchanged.
+    """
+
+    async def parse(request: Request) -> BodyT:
+        try:
+            return model.model_validate_json(await request.body())
+        except ValidationError as error:
+            errors = [
+                {**item, "loc": ("body", *item.get("loc", ()))}
+                for item in error.errors(include_url=False, include_context=False)
+            ]
+            raise RequestValidationError(errors) from None
+
+    return parse
+
+
+def _inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema with its ``$defs`` written in place (the bodies are not recursive)."""
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        reference = node.get("$ref", "")
+        if reference.startswith("#/$defs/"):
+            rest = {key: value for key, value in node.items() if key != "$ref"}
+            return {**resolve(definitions[reference.rsplit("/", 1)[1]]), **resolve(rest)}
+        return {key: resolve(value) for key, value in node.items()}
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
+def _request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI description of a body read by ``json_body`` (FastAPI cannot see it)."""
+    schema = _inline_definitions(model.model_json_schema())
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
 
 
 def _database_failure(error: SQLAlchemyError, action: str) -> ApiError:
@@ -44,9 +149,16 @@ def _database_failure(error: SQLAlchemyError, action: str) -> ApiError:
     return ApiError(500, "Database error: the change was rolled back, retry later")
 
 
-def ingest_router(keys: ApiKeys, registry: JobRegistry, sink: ReportSink, retry_after: int) -> Any:
+def ingest_router(
+    keys: ApiKeys,
+    registry: JobRegistry,
+    sink: ReportSink,
+    retry_after: int,
+    alarms: AuthAlarms | None = None,
+) -> Any:
     """The three POST endpoints the agents call."""
-    router = APIRouter(prefix="/api/v1/aomei", dependencies=[Depends(_api_key_check(keys))])
+    check = _api_key_check(keys, alarms or AuthAlarms())
+    router = APIRouter(prefix="/api/v1/aomei", dependencies=[Depends(check)])
 
     async def accept(kind: ReportKind, body: StatusRequest | LogAnalysisRequest) -> str:
         try:
@@ -102,15 +214,38 @@ def ingest_router(keys: ApiKeys, registry: JobRegistry, sink: ReportSink, retry_
         data = {"job_id": job.job_id, "job_name": job.job_name, "backup_tool": "aomei"}
         return envelope(True, f"Job registered successfully with ID {job.job_id}", data)
 
-    @router.post("/status")
-    async def status(body: StatusRequest) -> dict[str, Any]:
+    @router.post("/status", openapi_extra=_request_body(StatusRequest))
+    async def status(
+        body: Annotated[StatusRequest, Depends(json_body(StatusRequest))],
+    ) -> dict[str, Any]:
+        if body.status.strip().lower() in HEARTBEAT_STATUSES:
+            return await heartbeat(body)
         report_id = await accept("status", body)
         return envelope(
             True, f"Status updated successfully for job {body.job_id}", {"report_id": report_id}
         )
 
-    @router.post("/log-analysis")
-    async def log_analysis(body: LogAnalysisRequest) -> dict[str, Any]:
+    async def heartbeat(body: StatusRequest) -> dict[str, Any]:
+        """A run in progress: noted on the job (see ``record_heartbeat``), not an execution."""
+        try:
+            found = await registry.heartbeat(body.job_id, utc_now())
+        except SQLAlchemyError as error:
+            raise _database_failure(error, "heartbeat") from error
+        if not found:
+            REPORTS_REJECTED.labels("unknown_job").inc()
+            raise ApiError(
+                400,
+                f"Job {body.job_id} not found",
+                errors=[{"field": "job_id", "message": f"no job with id {body.job_id}"}],
+            )
+        REPORTS_ACCEPTED.labels("heartbeat").inc()
+        logger.debug("heartbeat", extra={"job_id": body.job_id})
+        return envelope(True, f"Heartbeat recorded for job {body.job_id}", {"running": True})
+
+    @router.post("/log-analysis", openapi_extra=_request_body(LogAnalysisRequest))
+    async def log_analysis(
+        body: Annotated[LogAnalysisRequest, Depends(json_body(LogAnalysisRequest))],
+    ) -> dict[str, Any]:
         if body.raw_entries is not None:
             try:
                 await asyncio.to_thread(decode_raw_entries, body.raw_entries.model_dump())
@@ -145,18 +280,32 @@ def create_ingest_app(
     retry_after: int = 5,
     extra_routers: tuple[Any, ...] = (),
     service: str = "ingest",
+    alarms: AuthAlarms | None = None,
+    background: tuple[Callable[[], Any], ...] = (),
 ) -> FastAPI:
-    """The ingest service; the embedded mode adds the query routes to the same app."""
+    """The ingest service; the embedded mode adds the query routes to the same app.
+
+    ``background`` holds coroutine functions run for the app's lifetime (the embedded mode's
+    missing-backup check); they are cancelled at shutdown.
+    """
+    alarms = alarms or AuthAlarms()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await sink.start()
+        await alarms.start()
+        tasks = [asyncio.create_task(work()) for work in background]
         yield
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await alarms.stop()
         await sink.stop()
 
     app = FastAPI(title="backuphub ingest", lifespan=lifespan)
     install_common(app, service)
-    app.include_router(ingest_router(keys, registry, sink, retry_after))
+    app.include_router(ingest_router(keys, registry, sink, retry_after, alarms))
     for router in extra_routers:
         app.include_router(router)
 

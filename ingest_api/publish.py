@@ -51,6 +51,11 @@ class KafkaReportSink:
         self._producer: AIOKafkaProducer | None = None
         self._starter: asyncio.Task[None] | None = None
 
+    @property
+    def producer(self) -> AIOKafkaProducer | None:
+        """The connected producer, None until Kafka answered (auth-burst alerts use it too)."""
+        return self._producer
+
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
             bootstrap_servers=self.bootstrap_servers,
@@ -103,12 +108,11 @@ class KafkaReportSink:
         try:
             # A send that times out here may still reach the broker later; the report id makes
             # the agent's retry of it harmless.
-            await asyncio.wait_for(
-                producer.send_and_wait(
+            # asyncio.timeout, not wait_for: no extra task per report on the hot path.
+            async with asyncio.timeout(self.timeout_seconds):
+                await producer.send_and_wait(
                     self.topics.reports, event.to_bytes(), key=str(event.job_id).encode()
-                ),
-                timeout=self.timeout_seconds,
-            )
+                )
         except (TimeoutError, KafkaError) as error:
             raise SinkUnavailable(f"kafka write not acknowledged: {error!r}") from error
 

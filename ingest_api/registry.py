@@ -11,6 +11,7 @@ job registered through another ingest instance is found on its first report.
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Engine, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -73,6 +74,9 @@ def _changes(request: RegisterRequest) -> dict[str, object]:
             values[name] = getattr(request, name)
     if "target_server" in fields:
         values["target_server"] = request.target_server or ""
+    schedule = request.schedule_changes()
+    if schedule:
+        values.update(schedule, schedule_updated_at=values["updated_at"])
     return values
 
 
@@ -104,12 +108,36 @@ def _create(engine: Engine, request: RegisterRequest) -> RegisteredJob:
         "task_guid": request.task_guid,
         "created_at": now,
         "updated_at": now,
+        **request.schedule_changes(),
     }
     with engine.begin() as connection:
         job_id = connection.execute(
             insert(backup_jobs).values(**values).returning(backup_jobs.c.id)
         ).scalar_one()
     return RegisteredJob(job_id, request.task_name, created=True)
+
+
+def record_heartbeat(engine: Engine, job_id: int, at: datetime) -> bool:
+    """Note that a run of the job is in progress now; False when there is no such job.
+
+    A heartbeat is a "running" status report. It is state, not history: it is written
+    straight to the job row (like a registration) instead of travelling through Kafka, never
+    becomes an execution, and only keeps the missing-backup check quiet while it is recent
+    (``processors.alerting.HEARTBEAT_FRESH``). A late heartbeat never moves the time back.
+    """
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(backup_jobs)
+            .where(backup_jobs.c.id == job_id)
+            .where(
+                (backup_jobs.c.last_heartbeat_at.is_(None)) | (backup_jobs.c.last_heartbeat_at < at)
+            )
+            .values(last_heartbeat_at=at)
+        )
+        if result.rowcount:
+            return True
+        found = connection.execute(select(backup_jobs.c.id).where(backup_jobs.c.id == job_id))
+        return found.first() is not None
 
 
 def register_job(engine: Engine, request: RegisterRequest) -> RegisteredJob:
@@ -153,6 +181,12 @@ class JobRegistry:
             return True
 
         found = await asyncio.to_thread(self._lookup, job_id)
+        if found:
+            self._known.add(job_id)
+        return found
+
+    async def heartbeat(self, job_id: int, at: datetime) -> bool:
+        found = await asyncio.to_thread(record_heartbeat, self.engine, job_id, at)
         if found:
             self._known.add(job_id)
         return found

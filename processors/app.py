@@ -1,4 +1,8 @@
-"""The Faust app: reports in, normalised executions and alerts out.
+"""The Faust app: reports in, normalised executions out.
+
+Alerts are not emitted here: they are decided in the persister's transaction against the
+``alerts`` table (``processors.alerting``, ``consumers.alert_store``), because only there is
+the state that keeps one open alert per job and kind without repeats.
 
 The agent only wires topics to ``processors.rules.process_report``; the rules themselves are
 plain functions. Concurrency stays 1, so offsets are committed in order, and nothing inside
@@ -22,6 +26,7 @@ from backuphub.metrics import EVENTS_FAILED, EVENTS_PROCESSED
 from backuphub.settings import Settings
 from processors.rules import ReportRejected, process_report
 from schemas.events import EventEnvelope
+from schemas.topics import DEFAULT_PREFIX, Topics
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +38,24 @@ def _broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{host}" for host in hosts)
 
 
+def processor_app_id(topics: Topics) -> str:
+    """The Faust app id, which is also its consumer group and names its internal topics.
+
+    Deployments that share a broker under different topic prefixes must not share a group:
+    each would take part in the other's rebalances (a SIGKILLed worker stalls them all until
+    its session times out) and could be handed partitions of topics it does not process. The
+    default prefix keeps the historical id, so an existing deployment keeps its offsets.
+    """
+    if topics.prefix == DEFAULT_PREFIX:
+        return "backuphub-processor"
+    return f"{topics.prefix}processor"
+
+
 def create_processor_app(
     settings: Settings, *, web_host: str = "127.0.0.1", web_port: int = 8001
 ) -> faust.App:
     app = faust.App(
-        "backuphub-processor",
+        processor_app_id(settings.topics),
         broker=_broker_url(settings.kafka_bootstrap_servers),
         store="memory://",
         key_serializer="raw",
@@ -46,6 +64,13 @@ def create_processor_app(
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Faust's default (no linger, 16 KiB batches) sends nearly every execution in a
+        # produce request of its own; a few ms of linger cut the processor's CPU per report.
+        producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,
+        # A SIGKILLed worker holds its partitions until its session expires: Faust's default of
+        # 60 s stalls the restarted processor that long; Kafka's own default is 10 s.
+        broker_session_timeout=10.0,
         web_bind=web_host,
         web_port=web_port,
         web_enabled=True,
@@ -53,7 +78,6 @@ def create_processor_app(
     topics = settings.topics
     reports = app.topic(topics.reports, key_type=bytes, value_type=bytes)
     executions = app.topic(topics.executions, key_type=bytes, value_type=bytes)
-    alerts = app.topic(topics.alerts, key_type=bytes, value_type=bytes)
     dead_letters = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes)
 
     @app.agent(reports, concurrency=1)
@@ -69,10 +93,8 @@ def create_processor_app(
                 continue
 
             for event in events:
-                target = executions if event.event_type == "execution.recorded" else alerts
-                await target.send(key=str(event.job_id).encode(), value=event.to_bytes())
-                if event.event_type == "execution.recorded":
-                    EVENTS_PROCESSED.labels(event.payload["status"]).inc()
+                await executions.send(key=str(event.job_id).encode(), value=event.to_bytes())
+                EVENTS_PROCESSED.labels(event.payload["status"]).inc()
 
             logger.debug(
                 "report processed",

@@ -16,6 +16,8 @@ from schemas.events import EventEnvelope, ExecutionRecord, derived_id
 logger = logging.getLogger(__name__)
 
 KNOWN_STATUSES = frozenset({"success", "failed", "warning"})
+# Status of a run still in progress: a heartbeat, never an execution.
+HEARTBEAT_STATUSES = frozenset({"running", "in_progress", "in progress"})
 
 # Reported and computed durations may differ by clock rounding; beyond this they disagree.
 DURATION_TOLERANCE_SECONDS = 60
@@ -180,6 +182,8 @@ def executions_from_report(envelope: EventEnvelope) -> list[ExecutionRecord]:
     body = envelope.payload["body"]
 
     if envelope.event_type == "report.status":
+        if str(body.get("status") or "").strip().lower() in HEARTBEAT_STATUSES:
+            return []  # a run in progress (the ingest API keeps these off the topic)
         return [_from_fields(envelope, body, body)]
 
     if envelope.event_type != "report.log_analysis":
@@ -192,27 +196,6 @@ def executions_from_report(envelope: EventEnvelope) -> list[ExecutionRecord]:
         entries = decode_raw_entries(body["raw_entries"])
         executions.extend(_from_history_entry(envelope, entry) for entry in entries)
     return executions
-
-
-def failure_alert(execution: ExecutionRecord, source: str) -> EventEnvelope | None:
-    """The alert event a failed execution raises; None for any other outcome."""
-    if execution.status != "failed":
-        return None
-
-    return EventEnvelope(
-        event_id=derived_id("alert", "backup_failed", execution.execution_id),
-        event_type="alert.raised",
-        job_id=execution.job_id,
-        occurred_at=execution.execution_date,
-        source=source,
-        payload={
-            "kind": "backup_failed",
-            "severity": "critical",
-            "execution_id": execution.execution_id,
-            "task_name": execution.task_name,
-            "message": execution.error_message or "backup failed",
-        },
-    )
 
 
 def execution_event(execution: ExecutionRecord, source: str) -> EventEnvelope:
@@ -229,8 +212,10 @@ def execution_event(execution: ExecutionRecord, source: str) -> EventEnvelope:
 
 
 def process_report(envelope: EventEnvelope, source: str) -> list[EventEnvelope]:
-    """All the events one report produces: its executions, then any alerts."""
-    executions = executions_from_report(envelope)
-    events = [execution_event(execution, source) for execution in executions]
-    alerts = [failure_alert(execution, source) for execution in executions]
-    return events + [alert for alert in alerts if alert is not None]
+    """The events one report produces: one per execution.
+
+    No alerts: whether a run opens or resolves an alert depends on the job's open alerts
+    and history, which live in the database, so alerts are decided where the execution is
+    written (``processors.alerting``, applied by ``consumers.alert_store``).
+    """
+    return [execution_event(execution, source) for execution in executions_from_report(envelope)]

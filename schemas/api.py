@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from processors.schedules import load_zone, parse_cron
+
 ReportId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")
 ]
@@ -68,8 +70,82 @@ def _lower(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
 
 
-class RegisterRequest(_Body):
-    """Create a job (``job_id`` 0) or update an existing one (``job_id`` > 0)."""
+class ScheduleFields(_Body):
+    """When a job is expected to run, and how late or long a run may be.
+
+    Either ``schedule_type`` (``hourly``, ``daily``, ``weekly``, ``monthly``, ``manual``) or
+    ``schedule_cron`` (five fields, read in ``schedule_timezone``, an IANA name; UTC when
+    unset). A cron expression stores ``schedule_type`` as ``cron``. See
+    ``processors.schedules`` for what each means to the missing-backup check.
+    """
+
+    schedule_type: Literal["manual", "hourly", "daily", "weekly", "monthly", "cron"] | None = None
+    schedule_cron: Annotated[str, StringConstraints(min_length=1, max_length=120)] | None = None
+    schedule_timezone: Annotated[str, StringConstraints(max_length=64)] | None = None
+    grace_seconds: int | None = Field(default=None, ge=0, le=31 * 86400)
+    max_duration_seconds: int | None = Field(default=None, gt=0, le=31 * 86400)
+
+    _lower_schedule_type = field_validator("schedule_type", mode="before")(_lower)
+
+    @field_validator("schedule_cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value:
+            parse_cron(value)  # ScheduleError is a ValueError: a 400 naming the field
+        return value
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value:
+            load_zone(value)
+        return value or None
+
+    @model_validator(mode="after")
+    def _type_or_cron(self) -> "ScheduleFields":
+        if self.schedule_cron and self.schedule_type not in (None, "cron"):
+            raise ValueError("give either schedule_type or schedule_cron, not both")
+        if self.schedule_type == "cron" and not self.schedule_cron:
+            raise ValueError("schedule_type 'cron' needs schedule_cron")
+        if self.schedule_cron:
+            self.schedule_type = "cron"
+        return self
+
+    def schedule_changes(self) -> dict[str, object]:
+        """The job columns the fields that were sent set (a type clears the cron line)."""
+        sent = self.model_fields_set
+        values: dict[str, object] = {}
+        if "schedule_type" in sent or "schedule_cron" in sent:
+            values["schedule_type"] = self.schedule_type or "manual"
+            values["schedule_cron"] = self.schedule_cron
+        for name in ("schedule_timezone", "grace_seconds", "max_duration_seconds"):
+            if name in sent:
+                values[name] = getattr(self, name)
+        return values
+
+
+class ScheduleRequest(ScheduleFields):
+    """The body of ``PUT /api/v1/aomei/jobs/{id}/schedule``: the job's whole schedule.
+
+    Fields left out are reset (no cron, UTC, default grace, no duration limit); a body with
+    neither a type nor a cron expression makes the job manual.
+    """
+
+    def schedule_changes(self) -> dict[str, object]:
+        return {
+            "schedule_type": self.schedule_type or "manual",
+            "schedule_cron": self.schedule_cron,
+            "schedule_timezone": self.schedule_timezone,
+            "grace_seconds": self.grace_seconds,
+            "max_duration_seconds": self.max_duration_seconds,
+        }
+
+
+class RegisterRequest(ScheduleFields):
+    """Create a job (``job_id`` 0) or update an existing one (``job_id`` > 0).
+
+    The schedule fields are optional; on an update only the ones sent change.
+    """
 
     job_id: int = Field(ge=0)
     task_name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
@@ -77,9 +153,15 @@ class RegisterRequest(_Body):
     target_server: ShortText | None = None
     target_path: PathText | None = None
     description: LongText | None = None
-    task_guid: Annotated[
-        str, StringConstraints(pattern=r"^\{?[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\}?$")
-    ] | None = None
+    task_guid: (
+        Annotated[
+            str,
+            StringConstraints(
+                pattern=r"^\{?[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\}?$"
+            ),
+        ]
+        | None
+    ) = None
 
     _lower_job_type = field_validator("job_type", mode="before")(_lower)
 
@@ -133,9 +215,15 @@ class RawEntries(_Body):
     xml: Annotated[str, StringConstraints(max_length=5_000_000)] | None = None
     data: Annotated[str, StringConstraints(max_length=7_000_000)] | None = None
     encoding: Literal["utf-8", "utf-16-le", "utf-16-be", "auto"] = "auto"
-    task_id: Annotated[
-        str, StringConstraints(pattern=r"^\{?[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\}?$")
-    ] | None = None
+    task_id: (
+        Annotated[
+            str,
+            StringConstraints(
+                pattern=r"^\{?[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\}?$"
+            ),
+        ]
+        | None
+    ) = None
 
     _lower_encoding = field_validator("encoding", mode="before")(_lower)
 

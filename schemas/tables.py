@@ -39,6 +39,15 @@ backup_jobs = Table(
     Column("retention_days", Integer, nullable=False, server_default="30"),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
+    # When runs are expected (processors.schedules) and how late or long they may be
+    # (processors.alerting); added by migration 0002.
+    Column("schedule_cron", String(120)),
+    Column("schedule_timezone", String(64)),
+    Column("grace_seconds", Integer),
+    Column("max_duration_seconds", Integer),
+    Column("schedule_updated_at", DateTime),
+    # The newest "running" status report: a run in progress, so not missing. Not an execution.
+    Column("last_heartbeat_at", DateTime),
     UniqueConstraint("target_server", "job_name", name="uq_backup_jobs_server_name"),
     Index("ix_backup_jobs_server_guid", "target_server", "task_guid"),
 )
@@ -81,4 +90,64 @@ backup_copies = Table(
     Column("status", String(16), nullable=False),
     Column("updated_at", DateTime, nullable=False),
     UniqueConstraint("job_id", "copy_type", name="uq_backup_copies_job_copy"),
+)
+
+# Alert states: "open" and "acknowledged" are both unresolved; "resolved" is final.
+UNRESOLVED = "state <> 'resolved'"
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    # Deterministic (processors.alerting.alert_id_for): the same decision twice is one alert.
+    Column("alert_uid", String(36), nullable=False, unique=True),
+    # "job:<id>:<kind>" or "source:<address>:<kind>": at most one unresolved alert per key.
+    Column("dedupe_key", String(300), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("job_id", Integer, ForeignKey("backup_jobs.id")),
+    Column("source", String(255)),
+    Column("message", Text, nullable=False),
+    Column("details", Text, nullable=False, server_default="{}"),
+    Column("execution_id", String(36)),
+    # The time of what raised it (execution date, missed window start, first failure).
+    Column("triggered_at", DateTime, nullable=False),
+    Column("opened_at", DateTime, nullable=False),
+    Column("acknowledged_at", DateTime),
+    Column("acknowledged_by", String(255)),
+    Column("resolved_at", DateTime),
+    Column("resolved_reason", Text),
+    Column("resolved_execution_id", String(36)),
+    Column("updated_at", DateTime, nullable=False),
+    Index(
+        "uq_alerts_unresolved_key",
+        "dedupe_key",
+        unique=True,
+        postgresql_where=text(UNRESOLVED),
+        sqlite_where=text(UNRESOLVED),
+    ),
+    Index("ix_alerts_state_kind", "state", "kind"),
+    Index("ix_alerts_job", "job_id"),
+)
+
+# Alert events waiting to be published (transactional outbox): written in the transaction
+# that decided the alert, sent to the alerts topic by consumers.outbox, then marked.
+alert_outbox = Table(
+    "alert_outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("event_type", String(32), nullable=False),
+    Column("alert_uid", String(36), nullable=False),
+    Column("job_id", Integer, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("published_at", DateTime),
+    Index(
+        "ix_alert_outbox_unpublished",
+        "id",
+        postgresql_where=text("published_at IS NULL"),
+        sqlite_where=text("published_at IS NULL"),
+    ),
 )

@@ -55,6 +55,23 @@ else
     deploy/local/kafka.sh start
     export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${KAFKA_PORT:-9092}"
 fi
+
+# promtool checks deploy/prometheus/rules.yml (tests/unit/test_ops_config.py); Debian ships
+# it in the prometheus package. Its server must not start (it would listen on all
+# interfaces): a policy-rc.d that refuses service starts is in place during the install.
+if ! command -v promtool >/dev/null 2>&1 && [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    say "promtool: apt-get install prometheus (its server is not started)"
+    POLICY=/usr/sbin/policy-rc.d
+    OWN_POLICY=0
+    if [[ ! -e $POLICY ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$POLICY" && chmod 755 "$POLICY" && OWN_POLICY=1
+    fi
+    {
+        DEBIAN_FRONTEND=noninteractive timeout 900 apt-get update -q &&
+            DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends prometheus
+    } >&2 || echo "test.sh: could not install prometheus (promtool); its test will fail" >&2
+    if [[ $OWN_POLICY == 1 ]]; then rm -f "$POLICY"; fi
+fi
 export BACKUPHUB_REQUIRE_SERVICES=1
 
 # --- checks -----------------------------------------------------------------------

@@ -121,11 +121,16 @@ def test_the_execution_id_is_stable_across_replays():
     assert first[0].execution_id == again[0].execution_id
 
 
-def test_a_failure_produces_its_execution_and_an_alert():
+def test_a_failure_produces_only_its_execution():
+    # Alerts are decided where the state is (processors.alerting in the persister), not here.
     events = process_report(status_report(status="failed"), source="test")
 
-    assert [event.event_type for event in events] == ["execution.recorded", "alert.raised"]
-    assert events[1].payload["kind"] == "backup_failed"
+    assert [event.event_type for event in events] == ["execution.recorded"]
+    assert events[0].payload["status"] == "failed"
+
+
+def test_a_running_status_is_no_execution():
+    assert process_report(status_report(status="running"), source="test") == []
 
 
 def test_a_success_produces_no_alert():
