@@ -28,12 +28,24 @@ class ApiError(Exception):
         *,
         headers: dict[str, str] | None = None,
         errors: list[dict[str, str]] | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
         self.headers = headers
         self.errors = errors
+        self.code = code
+
+
+def job_not_found(job_id: int, status_code: int = 400) -> ApiError:
+    """The answer for a job id that names no job; ``code`` lets an agent re-register."""
+    return ApiError(
+        status_code,
+        f"Job {job_id} not found",
+        errors=[{"field": "job_id", "message": f"no job with id {job_id}"}],
+        code="job_not_found",
+    )
 
 
 def envelope(success: bool, message: str, data: Any = None, **extra: Any) -> dict[str, Any]:
@@ -52,6 +64,8 @@ def field_errors(error: RequestValidationError) -> list[dict[str, str]]:
 async def _on_api_error(_request: Request, error: Exception) -> Response:
     assert isinstance(error, ApiError)
     body = envelope(False, error.message)
+    if error.code is not None:
+        body["code"] = error.code
     if error.errors is not None:
         body["errors"] = error.errors
     return JSONResponse(body, status_code=error.status_code, headers=error.headers)

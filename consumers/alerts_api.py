@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from backuphub.http import ApiError, envelope
+from backuphub.http import ApiError, envelope, job_not_found
 from backuphub.metrics import DATABASE_ERRORS
 from consumers.alert_store import acknowledge_alert, list_alerts
 from consumers.query_api import bearer_check
@@ -124,11 +124,7 @@ def alert_routers(
 
         schedule = await asyncio.to_thread(run, "set schedule", write, write=True)
         if schedule is None:
-            raise ApiError(
-                404,
-                f"Job {job_id} not found",
-                errors=[{"field": "job_id", "message": f"no job with id {job_id}"}],
-            )
+            raise job_not_found(job_id, 404)
         logger.info("job schedule set", extra={"job_id": job_id, "by": claims.get("sub")})
         return envelope(True, f"Schedule of job {job_id} updated", schedule)
 

@@ -32,7 +32,13 @@ from schemas.topics import Topics
 
 logger = logging.getLogger(__name__)
 
-GROUP_ID = "backuphub-persister"
+
+def persister_group(topics: Topics) -> str:
+    """The persister's consumer group: one per deployment (topic prefix), so deployments or
+    test runs that share a broker never take each other's partitions."""
+    return f"{topics.prefix}persister"
+
+
 MAX_BATCH = 5000
 
 
@@ -67,7 +73,7 @@ class Persister:
             consumer = AIOKafkaConsumer(
                 self.topics.executions,
                 bootstrap_servers=self.bootstrap_servers,
-                group_id=GROUP_ID,
+                group_id=persister_group(self.topics),
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=4 * 1024 * 1024,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from backuphub.http import ApiError, envelope
+from backuphub.http import ApiError, envelope, job_not_found
 from backuphub.metrics import AUTH_FAILURES, DATABASE_ERRORS
 from backuphub.security import TokenRejected, verify_token
 from consumers.queries import job_detail, list_jobs
@@ -78,11 +78,7 @@ def query_router(engine: Engine, jwt_secret: str) -> APIRouter:
             read, "job detail", lambda connection: job_detail(connection, job_id)
         )
         if detail is None:
-            raise ApiError(
-                400,
-                f"Job {job_id} not found",
-                errors=[{"field": "job_id", "message": f"no job with id {job_id}"}],
-            )
+            raise job_not_found(job_id)
         return envelope(True, "ok", detail)
 
     return router

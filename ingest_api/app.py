@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from backuphub.http import ApiError, envelope, install_common
+from backuphub.http import ApiError, envelope, install_common, job_not_found
 from backuphub.metrics import AUTH_FAILURES, DATABASE_ERRORS, REPORTS_ACCEPTED, REPORTS_REJECTED
 from backuphub.security import ApiKeys
 from ingest_api.auth_monitor import AlertEmitter, AuthFailureMonitor, LoggingEmitter
@@ -167,11 +167,7 @@ def ingest_router(
             raise _database_failure(error, "job lookup") from error
         if not known:
             REPORTS_REJECTED.labels("unknown_job").inc()
-            raise ApiError(
-                400,
-                f"Job {body.job_id} not found",
-                errors=[{"field": "job_id", "message": f"no job with id {body.job_id}"}],
-            )
+            raise job_not_found(body.job_id)
 
         event = report_event(kind, body, utc_now())
         try:
@@ -198,11 +194,7 @@ def ingest_router(
         try:
             job = await registry.register(body)
         except JobNotFound as error:
-            raise ApiError(
-                400,
-                str(error),
-                errors=[{"field": "job_id", "message": f"no job with id {error.job_id}"}],
-            ) from error
+            raise job_not_found(error.job_id) from error
         except NameTaken as error:
             raise ApiError(
                 400, str(error), errors=[{"field": "task_name", "message": str(error)}]
@@ -213,6 +205,11 @@ def ingest_router(
         logger.info("job registered", extra={"job_id": job.job_id, "job_created": job.created})
         data = {"job_id": job.job_id, "job_name": job.job_name, "backup_tool": "aomei"}
         return envelope(True, f"Job registered successfully with ID {job.job_id}", data)
+
+    @router.get("/ping")
+    async def ping() -> dict[str, Any]:
+        """Lets an agent check its key and the address without sending a report."""
+        return envelope(True, "API key accepted")
 
     @router.post("/status", openapi_extra=_request_body(StatusRequest))
     async def status(
@@ -233,11 +230,7 @@ def ingest_router(
             raise _database_failure(error, "heartbeat") from error
         if not found:
             REPORTS_REJECTED.labels("unknown_job").inc()
-            raise ApiError(
-                400,
-                f"Job {body.job_id} not found",
-                errors=[{"field": "job_id", "message": f"no job with id {body.job_id}"}],
-            )
+            raise job_not_found(body.job_id)
         REPORTS_ACCEPTED.labels("heartbeat").inc()
         logger.debug("heartbeat", extra={"job_id": body.job_id})
         return envelope(True, f"Heartbeat recorded for job {body.job_id}", {"running": True})

@@ -41,25 +41,29 @@ class RegisteredJob:
 
 
 def _find_existing(engine: Engine, request: RegisterRequest) -> Row | None:
-    """The job this registration refers to: by task GUID first (it survives renames), then
-    by server and name."""
+    """The job this registration refers to on its server.
+
+    By task GUID first: it survives renames in AOMEI. Else by name, but a registration that
+    carries a GUID only adopts a job that has none yet (one registered by name before): a
+    job of another GUID is another task that happens to share the name.
+    """
     server = request.target_server or ""
+    columns = select(backup_jobs.c.id, backup_jobs.c.job_name).where(
+        backup_jobs.c.target_server == server
+    )
     with engine.connect() as connection:
         if request.task_guid:
             row = connection.execute(
-                select(backup_jobs.c.id, backup_jobs.c.job_name)
-                .where(backup_jobs.c.target_server == server)
-                .where(backup_jobs.c.task_guid == request.task_guid)
-                .order_by(backup_jobs.c.id)
-                .limit(1)
+                columns.where(backup_jobs.c.task_guid == request.task_guid)
             ).first()
             if row is not None:
                 return row
+            columns = columns.where(backup_jobs.c.task_guid.is_(None))
 
         return connection.execute(
-            select(backup_jobs.c.id, backup_jobs.c.job_name)
-            .where(backup_jobs.c.target_server == server)
-            .where(backup_jobs.c.job_name == request.task_name)
+            columns.where(backup_jobs.c.job_name == request.task_name)
+            .order_by(backup_jobs.c.id)
+            .limit(1)
         ).first()
 
 
@@ -88,7 +92,8 @@ def _update(engine: Engine, job_id: int, request: RegisterRequest) -> Registered
             )
     except IntegrityError as error:
         raise NameTaken(
-            f"another job on this server is already named {request.task_name!r}"
+            f"another job on this server already has the task name {request.task_name!r}"
+            " or this task GUID"
         ) from error
 
     if result.rowcount == 0:

@@ -29,7 +29,7 @@ backup_jobs = Table(
     Column("job_name", String(255), nullable=False),
     Column("job_type", String(32), nullable=False, server_default="system_image"),
     Column("backup_tool", String(32), nullable=False, server_default="aomei"),
-    # '' rather than NULL, so that (target_server, job_name) can be unique.
+    # '' rather than NULL, so that the job's identity on its server can be unique.
     Column("target_server", String(255), nullable=False, server_default=""),
     Column("target_path", String(1024)),
     Column("description", Text),
@@ -48,8 +48,23 @@ backup_jobs = Table(
     Column("schedule_updated_at", DateTime),
     # The newest "running" status report: a run in progress, so not missing. Not an execution.
     Column("last_heartbeat_at", DateTime),
-    UniqueConstraint("target_server", "job_name", name="uq_backup_jobs_server_name"),
-    Index("ix_backup_jobs_server_guid", "target_server", "task_guid"),
+    # One job per AOMEI task and server: by GUID when known, else by name (migration 0001).
+    Index(
+        "uq_backup_jobs_server_guid",
+        "target_server",
+        "task_guid",
+        unique=True,
+        postgresql_where=text("task_guid IS NOT NULL"),
+        sqlite_where=text("task_guid IS NOT NULL"),
+    ),
+    Index(
+        "uq_backup_jobs_server_name",
+        "target_server",
+        "job_name",
+        unique=True,
+        postgresql_where=text("task_guid IS NULL"),
+        sqlite_where=text("task_guid IS NULL"),
+    ),
 )
 
 backup_executions = Table(

@@ -79,6 +79,27 @@ def test_a_task_renamed_in_aomei_keeps_its_job_through_its_guid(client, agent_he
     assert renamed == first
 
 
+def test_a_new_task_that_reuses_an_old_name_is_a_new_job(client, agent_headers):
+    old = register(client, agent_headers, task_guid="3f2504e0-4f89-41d3-9a0c-0305e82c3301")
+    new = register(client, agent_headers, task_guid="6b29fc40-ca47-1067-b31d-00dd010662da")
+    again = register(client, agent_headers, task_guid="3f2504e0-4f89-41d3-9a0c-0305e82c3301")
+
+    assert new != old
+    assert again == old
+
+
+def test_a_job_registered_by_name_is_adopted_by_its_guid_later(client, agent_headers):
+    by_name = register(client, agent_headers)
+    with_guid = register(client, agent_headers, task_guid="6b29fc40-ca47-1067-b31d-00dd010662da")
+
+    assert with_guid == by_name
+
+
+def test_an_agent_can_check_its_key_without_sending(client, agent_headers):
+    assert client.get("/api/v1/aomei/ping", headers=agent_headers).status_code == 200
+    assert client.get("/api/v1/aomei/ping", headers={"X-API-Key": "no"}).status_code == 401
+
+
 def test_register_with_a_positive_id_updates_that_job(client, agent_headers, viewer_headers):
     job_id = register(client, agent_headers)
     body = {"job_id": job_id, "task_name": "Renamed", "target_path": "E:\\Backups"}
@@ -265,6 +286,7 @@ def test_status_for_an_unknown_job_is_a_400(client, agent_headers):
 
     assert response.status_code == 400
     assert response.json()["message"] == "Job 999 not found"
+    assert response.json()["code"] == "job_not_found"
 
 
 def test_log_analysis_with_parsed_data(client, agent_headers, viewer_headers):

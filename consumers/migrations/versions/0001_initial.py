@@ -29,9 +29,25 @@ def upgrade() -> None:
         sa.Column("retention_days", sa.Integer, nullable=False, server_default="30"),
         sa.Column("created_at", sa.DateTime, nullable=False),
         sa.Column("updated_at", sa.DateTime, nullable=False),
-        sa.UniqueConstraint("target_server", "job_name", name="uq_backup_jobs_server_name"),
     )
-    op.create_index("ix_backup_jobs_server_guid", "backup_jobs", ["target_server", "task_guid"])
+    # A job is one AOMEI task on one server: its GUID when the agent knows it, else its name.
+    # Two tasks of one name but different GUIDs (one deleted and made again) are two jobs.
+    op.create_index(
+        "uq_backup_jobs_server_guid",
+        "backup_jobs",
+        ["target_server", "task_guid"],
+        unique=True,
+        postgresql_where=sa.text("task_guid IS NOT NULL"),
+        sqlite_where=sa.text("task_guid IS NOT NULL"),
+    )
+    op.create_index(
+        "uq_backup_jobs_server_name",
+        "backup_jobs",
+        ["target_server", "job_name"],
+        unique=True,
+        postgresql_where=sa.text("task_guid IS NULL"),
+        sqlite_where=sa.text("task_guid IS NULL"),
+    )
 
     op.create_table(
         "backup_executions",
