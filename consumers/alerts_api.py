@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,7 +25,7 @@ from backuphub.metrics import DATABASE_ERRORS
 from consumers.alert_store import acknowledge_alert, list_alerts
 from consumers.query_api import bearer_check
 from processors.alerting import AlertKind
-from schemas.api import ScheduleRequest
+from schemas.api import MAX_JOB_ID, ScheduleRequest
 from schemas.events import utc_now
 from schemas.tables import backup_jobs
 
@@ -65,7 +65,7 @@ def alert_routers(
         _claims: Annotated[dict[str, Any], Depends(claims_of)],
         state: Literal["open", "acknowledged", "resolved"] | None = None,
         kind: AlertKind | None = None,
-        job_id: Annotated[int | None, Query(ge=0)] = None,
+        job_id: Annotated[int | None, Query(ge=0, le=MAX_JOB_ID)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def alert_routers(
 
     @schedules.put("/jobs/{job_id}/schedule")
     async def set_schedule(
-        job_id: int,
+        job_id: Annotated[int, Path(ge=1, le=MAX_JOB_ID)],
         body: ScheduleRequest,
         claims: Annotated[dict[str, Any], Depends(admin_claims)],
     ) -> dict[str, Any]:

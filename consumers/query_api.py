@@ -5,7 +5,7 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -13,6 +13,7 @@ from backuphub.http import ApiError, envelope, job_not_found
 from backuphub.metrics import AUTH_FAILURES, DATABASE_ERRORS
 from backuphub.security import TokenRejected, verify_token
 from consumers.queries import job_detail, list_jobs
+from schemas.api import MAX_JOB_ID
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def query_router(engine: Engine, jwt_secret: str) -> APIRouter:
         return envelope(True, f"{total} job(s)", page, total=total, limit=limit, offset=offset)
 
     @router.get("/jobs/{job_id}")
-    async def job(job_id: int) -> dict[str, Any]:
+    async def job(job_id: Annotated[int, Path(ge=1, le=MAX_JOB_ID)]) -> dict[str, Any]:
         detail = await asyncio.to_thread(
             read, "job detail", lambda connection: job_detail(connection, job_id)
         )

@@ -59,41 +59,52 @@ def _latest_copies(executions: Iterable[ExecutionRecord]) -> list[ExecutionRecor
     return list(latest.values())
 
 
+def _copy_row(execution: ExecutionRecord, now: Any) -> dict[str, Any]:
+    return {
+        "job_id": execution.job_id,
+        "copy_type": execution.copy_type,
+        "media_type": execution.media_type or "disk",
+        "storage_path": execution.storage_path,
+        "last_backup_date": execution.execution_date,
+        "last_backup_size": execution.backup_size_bytes,
+        "status": execution.status,
+        "updated_at": now,
+    }
+
+
+def _copy_upsert(connection: Connection, *, media_named: bool) -> Any:
+    """The copy upsert; a report that names no media (or path) keeps the known one."""
+    statement: Insert = _insert(connection, backup_copies)
+    excluded = statement.excluded  # type: ignore[attr-defined]
+    changes = {
+        "storage_path": func.coalesce(excluded.storage_path, backup_copies.c.storage_path),
+        "last_backup_date": excluded.last_backup_date,
+        "last_backup_size": excluded.last_backup_size,
+        "status": excluded.status,
+        "updated_at": excluded.updated_at,
+    }
+    if media_named:
+        changes["media_type"] = excluded.media_type
+    return statement.on_conflict_do_update(  # type: ignore[attr-defined]
+        index_elements=["job_id", "copy_type"],
+        set_=changes,
+        where=backup_copies.c.last_backup_date <= excluded.last_backup_date,
+    )
+
+
 def _upsert_copies(connection: Connection, executions: Sequence[ExecutionRecord]) -> None:
     """Point each copy at its newest backup; an older run arriving late changes nothing."""
     now = utc_now()
-    rows = [
-        {
-            "job_id": execution.job_id,
-            "copy_type": execution.copy_type,
-            "media_type": execution.media_type,
-            "storage_path": execution.storage_path,
-            "last_backup_date": execution.execution_date,
-            "last_backup_size": execution.backup_size_bytes,
-            "status": execution.status,
-            "updated_at": now,
-        }
-        for execution in _latest_copies(executions)
-    ]
-    if not rows:
-        return
+    latest = _latest_copies(executions)
 
-    statement: Insert = _insert(connection, backup_copies)
-    excluded = statement.excluded  # type: ignore[attr-defined]
-    statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
-        index_elements=["job_id", "copy_type"],
-        set_={
-            "media_type": excluded.media_type,
-            # A report that does not name the path (a log analysis) keeps the known one.
-            "storage_path": func.coalesce(excluded.storage_path, backup_copies.c.storage_path),
-            "last_backup_date": excluded.last_backup_date,
-            "last_backup_size": excluded.last_backup_size,
-            "status": excluded.status,
-            "updated_at": excluded.updated_at,
-        },
-        where=backup_copies.c.last_backup_date <= excluded.last_backup_date,
-    )
-    connection.execute(statement, rows)
+    for media_named in (True, False):
+        rows = [
+            _copy_row(execution, now)
+            for execution in latest
+            if (execution.media_type is not None) == media_named
+        ]
+        if rows:
+            connection.execute(_copy_upsert(connection, media_named=media_named), rows)
 
 
 # Batches at least this large go through COPY on PostgreSQL (see ``_copy_new_executions``).

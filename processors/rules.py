@@ -74,11 +74,15 @@ def execution_date(end: datetime | None, received_at: datetime) -> datetime:
     return end if end is not None else received_at
 
 
-def media_type_for(storage_path: str | None, reported: str | None) -> str:
-    """The copy's media: what the agent said, else a UNC path means a network share."""
+def media_type_for(storage_path: str | None, reported: str | None) -> str | None:
+    """The copy's media: what the agent said, else what its path shows (a UNC path is a
+    network share, any other a disk); None when the report says nothing of the copy, so the
+    known media is kept."""
     if reported:
         return reported
-    if storage_path and storage_path.startswith(("\\\\", "//")):
+    if not storage_path:
+        return None
+    if storage_path.startswith(("\\\\", "//")):
         return "network"
     return "disk"
 

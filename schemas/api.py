@@ -20,6 +20,10 @@ from pydantic import (
 
 from processors.schedules import load_zone, parse_cron
 
+# Job ids are the database's 32-bit serial: anything larger names no job and must be a 400,
+# not a database error.
+MAX_JOB_ID = 2_147_483_647
+
 ReportId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")
 ]
@@ -147,7 +151,7 @@ class RegisterRequest(ScheduleFields):
     The schedule fields are optional; on an update only the ones sent change.
     """
 
-    job_id: int = Field(ge=0)
+    job_id: int = Field(ge=0, le=MAX_JOB_ID)
     task_name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
     job_type: JobType = JobType.SYSTEM_IMAGE
     target_server: ShortText | None = None
@@ -174,7 +178,7 @@ class RegisterRequest(ScheduleFields):
 class StatusRequest(_Body):
     """One backup run as the agent saw it."""
 
-    job_id: int = Field(gt=0)
+    job_id: int = Field(gt=0, le=MAX_JOB_ID)
     status: Annotated[str, StringConstraints(max_length=64)]
     backup_size: int | None = Field(default=None, ge=0)
     duration: int | None = Field(default=None, ge=0)
@@ -239,7 +243,7 @@ class RawEntries(_Body):
 class LogAnalysisRequest(_Body):
     """A log the agent analysed (``parsed_data``) or raw history entries (``raw_entries``)."""
 
-    job_id: int = Field(gt=0)
+    job_id: int = Field(gt=0, le=MAX_JOB_ID)
     log_file_path: PathText | None = None
     parsed_data: ParsedLog | None = None
     raw_entries: RawEntries | None = None

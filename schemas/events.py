@@ -77,7 +77,7 @@ class ExecutionRecord(BaseModel):
     details: str | None = None
     task_name: str | None = None
     copy_type: str = "primary"
-    media_type: str = "disk"
+    media_type: str | None = None  # None: the report named no media; the known one stays
     storage_path: str | None = None
     source_system: str = "aomei_powershell"
     received_at: datetime

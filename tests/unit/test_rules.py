@@ -67,11 +67,11 @@ def test_the_execution_date_is_the_end_else_the_time_received():
     assert execution_date(None, RECEIVED) == RECEIVED
 
 
-def test_media_type_defaults_to_disk_and_sees_network_shares():
+def test_media_type_follows_the_path_and_stays_unknown_without_one():
     assert media_type_for("D:\\Backups", None) == "disk"
     assert media_type_for("\\\\nas\\backups", None) == "network"
     assert media_type_for("\\\\nas\\backups", "cloud") == "cloud"
-    assert media_type_for(None, None) == "disk"
+    assert media_type_for(None, None) is None
 
 
 def status_report(**body: object) -> EventEnvelope:
