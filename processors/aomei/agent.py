@@ -72,6 +72,11 @@ STALE_LOCK_SECONDS: Final = 2 * 3600
 
 REGISTER_PATH: Final = "/aomei/register"
 LOG_ANALYSIS_PATH: Final = "/aomei/log-analysis"
+PING_PATH: Final = "/aomei/ping"
+
+# The ``code`` of the 400 for a job id the server does not know; servers older than the code
+# are recognised by the message alone (_JOB_NOT_FOUND_RE).
+JOB_NOT_FOUND_CODE: Final = "job_not_found"
 
 _RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 _REJECT_STATUSES: Final = frozenset({400, 413, 422})
@@ -138,6 +143,11 @@ class AgentConfig:
                 root = root.removesuffix(suffix)
                 break
         return root + "/health"
+
+    @property
+    def ping_url(self) -> str:
+        """``/aomei/ping``: checks the API key without sending data (servers since the code)."""
+        return self.endpoint_base + PING_PATH
 
 
 def config_problems(config: AgentConfig) -> list[str]:
@@ -551,14 +561,17 @@ class ApiAnswer:
         return self.text[:200]
 
     def says_job_not_found(self) -> bool:
-        """True for the 400 that the server gives for a job id it does not know."""
+        """True for the 400 that the server gives for a job id it does not know.
+
+        The answer's ``code`` decides when there is one. Only a server older than the code is
+        read by its message; ``errors[].field == "job_id"`` is no sign, since a plain
+        validation error on ``job_id`` names that field too and must not cause a register.
+        """
         if self.status_code != 400 or self.document is None:
             return False
-        errors = self.document.get("errors")
-        if isinstance(errors, list) and any(
-            isinstance(item, dict) and item.get("field") == "job_id" for item in errors
-        ):
-            return True
+        code = self.document.get("code")
+        if code is not None:
+            return code == JOB_NOT_FOUND_CODE
         return _JOB_NOT_FOUND_RE.match(self.message) is not None
 
 
@@ -614,15 +627,24 @@ class ApiClient:
     def close(self) -> None:
         self._client.close()
 
-    def health(self) -> tuple[bool, str]:
-        """GET ``/health`` once: (reachable and healthy, what was seen)."""
+    def get_once(self, url: str) -> tuple[ApiAnswer | None, str]:
+        """GET once, without retries: (the answer or None when unreachable, what was seen)."""
         try:
-            response = self._client.get(self._config.health_url)
+            response = self._client.get(url)
         except httpx.HTTPError as error:
-            return False, f"not reachable ({type(error).__name__})"
-        if response.status_code == 200:
-            return True, "healthy"
-        return False, f"answered {response.status_code}"
+            return None, f"not reachable ({type(error).__name__})"
+        return _answer_from(response), f"answered {response.status_code}"
+
+    def health(self) -> tuple[ApiAnswer | None, str]:
+        """GET ``/health`` once: (the answer or None when unreachable, what was seen)."""
+        answer, seen = self.get_once(self._config.health_url)
+        if answer is not None and answer.status_code == 200:
+            seen = "healthy"
+        return answer, seen
+
+    def ping(self) -> tuple[ApiAnswer | None, str]:
+        """GET ``/aomei/ping`` once: does the server take the key? Carries no data."""
+        return self.get_once(self._config.ping_url)
 
     def post(self, path: str, body: dict[str, Any]) -> ApiAnswer | None:
         """Send one request, retrying what may succeed later; None when it gave up."""
@@ -1046,12 +1068,39 @@ def preview_requests(config: AgentConfig) -> tuple[list[PlannedRequest], History
     return requests, history
 
 
+def _judge_key_check(result: AgentRunResult, answer: ApiAnswer | None, seen: str) -> None:
+    """Record what ``/aomei/ping`` says of the API key, as a real run would act on it.
+
+    A refused key (401/403) is exit 3, as in a run. A 404 comes from a server older than
+    ``/ping`` (or from an api_url that a run would also find wrong): a note, the key stays
+    unchecked. No answer or a 408/429/5xx means the API cannot take reports now (exit 1).
+    """
+    where = f"API key check {PING_PATH}"
+    if answer is None:
+        result.messages.append(f"{where}: {seen}; key not checked")
+        result.api_unavailable = True
+    elif answer.status_code == 200:
+        result.messages.append(f"{where}: key accepted")
+    elif answer.status_code in _AUTH_STATUSES:
+        result.messages.append(f"{where}: API key refused ({answer.status_code})")
+        result.auth_refused = True
+    elif answer.status_code == 404:
+        result.messages.append(
+            f"{where}: 404, a server older than /ping or a wrong api_url; key not checked"
+        )
+    else:
+        result.messages.append(f"{where}: {seen}; key not checked")
+        result.api_unavailable |= answer.status_code in _RETRY_STATUSES
+
+
 def run_test_mode(
     config: AgentConfig, *, transport: httpx.BaseTransport | None = None
 ) -> AgentRunResult:
-    """Check the configuration, reach ``/health``, read the file and plan the requests.
+    """Check the configuration, reach ``/health``, check the key, read the file and plan.
 
-    Nothing is sent (``/health`` carries no data) and no file is written.
+    Nothing is sent (``/health`` and ``/aomei/ping`` are GETs without data) and no file is
+    written. The key is checked unless the server could not be reached at all (a second
+    wait for the same dead address would tell nothing more).
     """
     result = AgentRunResult()
     problems = config_problems(config)
@@ -1062,11 +1111,13 @@ def run_test_mode(
 
     api = ApiClient(config, transport=transport)
     try:
-        healthy, seen = api.health()
+        health, seen = api.health()
+        result.messages.append(f"API {config.health_url}: {seen}")
+        result.api_unavailable = health is None or health.status_code != 200
+        if health is not None:
+            _judge_key_check(result, *api.ping())
     finally:
         api.close()
-    result.messages.append(f"API {config.health_url}: {seen}")
-    result.api_unavailable = not healthy
 
     requests, history = preview_requests(config)
     result.requests = requests

@@ -29,8 +29,10 @@
     In monitor mode, stop after this many runs (0, the default: until stopped).
 
 .PARAMETER TestMode
-    Check the configuration, reach the API's /health, read the history file and print the
-    request bodies a run would send. Sends nothing and writes no file.
+    Check the configuration, reach the API's /health, check the API key with GET /aomei/ping
+    (a refused key exits 3; a server older than /ping answers 404, which is only noted), read
+    the history file and print the request bodies a run would send. Sends no report and
+    writes no file.
 
 .PARAMETER ConfigPath
     The configuration file (default: config.json beside this script, when it exists).
@@ -561,8 +563,44 @@ function Get-PlannedRequests {
 }
 
 
+function Test-ApiKey {
+    <# GET /aomei/ping once, which carries no data, and judge the key as a run would:
+       'accepted', 'refused' (401/403, exit 3), 'unchecked' (404: a server older than /ping,
+       or a wrong api_url) or 'down' (no answer, 408, 429, 5xx: exit 1). #>
+    param($Client, [hashtable]$Config)
+
+    $where = "API key check $($script:PingPath)"
+    $url = (Get-EndpointBase -Config $Config) + $script:PingPath
+    $answer = Invoke-AgentHttp -Client $Client -Method 'GET' -Url $url
+    $status = $answer.StatusCode
+    if ($status -eq 200) {
+        Write-AgentLog INFO "${where}: key accepted"
+        return 'accepted'
+    }
+    if ($script:AuthStatuses -contains $status) {
+        Write-AgentLog ERROR "${where}: API key refused ($status)"
+        return 'refused'
+    }
+    if ($status -eq 0) {
+        Write-AgentLog WARNING "${where}: not reachable ($($answer.Reason)); key not checked"
+        return 'down'
+    }
+    if ($status -eq 404) {
+        $note = '404, a server older than /ping or a wrong api_url; key not checked'
+        Write-AgentLog WARNING "${where}: $note"
+        return 'unchecked'
+    }
+    Write-AgentLog WARNING "${where}: answered $status; key not checked"
+    if ($script:RetryStatuses -contains $status) {
+        return 'down'
+    }
+    return 'unchecked'
+}
+
+
 function Invoke-TestMode {
-    <# Check the configuration, reach /health, print the planned requests; the exit code. #>
+    <# Check the configuration, reach /health, check the key, print the planned requests;
+       the exit code. The key is not checked when the server could not be reached at all. #>
     param([hashtable]$Config, [string]$OnlyTask, [long]$ForcedJobId)
 
     $problems = @(Get-ConfigProblems -Config $Config)
@@ -573,24 +611,34 @@ function Invoke-TestMode {
         return $script:ExitConfig
     }
 
+    $keyCheck = 'down'
     $client = New-AgentHttpClient -Config $Config
     try {
         $healthUrl = Get-HealthUrl -Config $Config
         $health = Invoke-AgentHttp -Client $client -Method 'GET' -Url $healthUrl
+        Write-AgentLog INFO "API ${healthUrl}: $($health.Reason)"
+        if ($health.StatusCode -ne 0) {
+            $keyCheck = Test-ApiKey -Client $client -Config $Config
+        }
     }
     finally {
         $client.Dispose()
     }
     $healthy = $health.StatusCode -eq 200
-    Write-AgentLog INFO "API $(Get-HealthUrl -Config $Config): $($health.Reason)"
 
     $plan = Get-PlannedRequests -Config $Config -OnlyTask $OnlyTask -ForcedJobId $ForcedJobId
     [Console]::Out.WriteLine((ConvertTo-Json -InputObject @($plan.requests) -Depth 20))
     if ($null -ne $plan.error) {
         Write-AgentLog ERROR $plan.error
+    }
+    # The order of a run: a refused key, then configuration, then an API that cannot take.
+    if ($keyCheck -eq 'refused') {
+        return $script:ExitAuth
+    }
+    if ($null -ne $plan.error) {
         return $script:ExitConfig
     }
-    if (-not $healthy) {
+    if (-not $healthy -or $keyCheck -eq 'down') {
         return $script:ExitPending
     }
     return $script:ExitOk

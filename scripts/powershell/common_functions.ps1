@@ -22,6 +22,10 @@ $script:StaleLockSeconds = 7200
 $script:MaxEpoch = [decimal]'253402300799'
 $script:RegisterPath = '/aomei/register'
 $script:LogAnalysisPath = '/aomei/log-analysis'
+$script:PingPath = '/aomei/ping'
+# The code of the 400 for a job id the server does not know; older servers send only the
+# message "Job N not found" (see Test-JobNotFound).
+$script:JobNotFoundCode = 'job_not_found'
 
 # uuid5(NAMESPACE_URL, "urn:backuphub:aomei-agent:report") = fa503c9d-9854-5324-a00f-3f1e8dc0b442
 $script:ReportIdNamespace = [byte[]](
@@ -1050,16 +1054,17 @@ function Get-AnswerSummary {
 
 
 function Test-JobNotFound {
-    <# True for the 400 the server gives for a job id it does not know. #>
+    <# True for the 400 the server gives for a job id it does not know. Its code decides when
+       there is one; only a server older than the code is read by its message. errors[].field
+       'job_id' is no sign: a plain validation error on job_id names that field too. #>
     param($Answer)
 
     if ($null -eq $Answer -or $Answer.StatusCode -ne 400 -or $null -eq $Answer.Document) {
         return $false
     }
-    foreach ($item in @(Get-JsonValue $Answer.Document 'errors' @())) {
-        if ((Get-JsonValue $item 'field') -eq 'job_id') {
-            return $true
-        }
+    $code = Get-JsonValue $Answer.Document 'code'
+    if ($null -ne $code) {
+        return ([string]$code -ceq $script:JobNotFoundCode)
     }
     return [regex]::IsMatch((Get-AnswerMessage $Answer), '\AJob [0-9]+ not found')
 }

@@ -49,6 +49,7 @@ EPOCH = 1_761_958_800
 
 REGISTER = "/api/v1/aomei/register"
 LOG_ANALYSIS = "/api/v1/aomei/log-analysis"
+PING = "/api/v1/aomei/ping"
 
 
 # --- a stand-in for the ingest API -------------------------------------------------------
@@ -59,6 +60,7 @@ class FakeIngest:
     jobs found by (server, GUID) then (server, name), one execution per (job, task, time).
 
     ``script`` makes the next requests to a path answer with a given status instead.
+    ``legacy`` makes it a server from before ``/ping`` and the ``job_not_found`` code.
     """
 
     def __init__(self) -> None:
@@ -74,6 +76,7 @@ class FakeIngest:
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
         self.port = 0
+        self.legacy = False
 
     @property
     def url(self) -> str:
@@ -88,9 +91,10 @@ class FakeIngest:
                 return None
 
             def do_GET(self) -> None:
-                fake.calls.append(("GET", self.path, None))
-                status = 200 if self.path == "/health" else 404
-                self._send(status, {"success": status == 200, "message": "ok"}, {})
+                with fake.lock:
+                    fake.calls.append(("GET", self.path, None))
+                    status, document = fake.answer_get(self.path, self.headers.get("X-API-Key"))
+                self._send(status, document, {})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
@@ -129,15 +133,31 @@ class FakeIngest:
             self.thread.join(timeout=5)
         self.server = self.thread = None
 
-    def script(self, path: str, status: int, headers: dict[str, str] | None = None) -> None:
-        message = {400: "Invalid request data: scripted", 401: "Invalid or missing API key"}
-        document = {"success": False, "message": message.get(status, f"scripted {status}")}
-        if status == 400:
-            document["errors"] = [{"field": "raw_entries", "message": "scripted"}]
+    def script(
+        self,
+        path: str,
+        status: int,
+        headers: dict[str, str] | None = None,
+        document: dict[str, Any] | None = None,
+    ) -> None:
+        if document is None:
+            message = {400: "Invalid request data: scripted", 401: "Invalid or missing API key"}
+            document = {"success": False, "message": message.get(status, f"scripted {status}")}
+            if status == 400:
+                document["errors"] = [{"field": "raw_entries", "message": "scripted"}]
         self.scripted[path].append((status, document, headers or {}))
 
     def posts(self, path: str) -> list[dict[str, Any]]:
         return [body for method, p, body in self.calls if method == "POST" and p == path]
+
+    def answer_get(self, path: str, api_key: str | None) -> tuple[int, dict[str, Any]]:
+        if path == "/health":
+            return 200, {"success": True, "message": "ok"}
+        if path == PING and not self.legacy:
+            if api_key != API_KEY:
+                return 401, {"success": False, "message": "Invalid or missing API key"}
+            return 200, {"success": True, "message": "API key accepted", "data": None}
+        return 404, {"success": False, "message": "Not Found"}
 
     def answer(
         self, path: str, api_key: str | None, body: Any
@@ -184,6 +204,8 @@ class FakeIngest:
                 "message": f"Job {request.job_id} not found",
                 "errors": errors,
             }
+            if not self.legacy:
+                document["code"] = "job_not_found"
             return 400, document, {}
         assert request.raw_entries is not None
         try:
@@ -596,7 +618,12 @@ def test_renamed_task_is_delivered_under_its_job_even_if_the_new_name_is_refused
     assert state_of(config)["tasks"][TASK_B.lower()]["task_name"] == "Documents"
 
 
-def test_job_unknown_to_the_server_is_registered_again(fake: FakeIngest, tmp_path: Path) -> None:
+@pytest.mark.parametrize("legacy", [False, True], ids=["code", "older-server-message"])
+def test_job_unknown_to_the_server_is_registered_again(
+    fake: FakeIngest, tmp_path: Path, legacy: bool
+) -> None:
+    """Told by ``code: job_not_found``; a server older than the code, by its message."""
+    fake.legacy = legacy
     logs = [log_xml(TASK_A, EPOCH, "Daily")]
     brlog = write_brlog(tmp_path / "brlog.xml", *logs)
     config = make_config(tmp_path, fake.url, brlog)
@@ -611,6 +638,47 @@ def test_job_unknown_to_the_server_is_registered_again(fake: FakeIngest, tmp_pat
     assert new_job != old_job
     assert state_of(config)["tasks"][TASK_A.lower()]["job_id"] == new_job
     assert [body["job_id"] for body in fake.posts(LOG_ANALYSIS)][-2:] == [old_job, new_job]
+
+
+def test_validation_error_on_job_id_is_a_rejection_not_a_lost_job(
+    fake: FakeIngest, tmp_path: Path
+) -> None:
+    """A 400 naming the field job_id without the code is refused data: no registration."""
+    brlog = write_brlog(tmp_path / "brlog.xml", log_xml(TASK_A, EPOCH, "Daily"))
+    config = make_config(tmp_path, fake.url, brlog)
+    invalid = {
+        "success": False,
+        "message": "Invalid request data: job_id",
+        "errors": [{"field": "job_id", "message": "Input should be greater than 0"}],
+    }
+    fake.script(LOG_ANALYSIS, 400, document=invalid)
+
+    result = run(config)
+
+    assert result.exit_code == EXIT_REJECTED
+    assert len(fake.posts(REGISTER)) == 1  # the first registration only
+    assert len(fake.posts(LOG_ANALYSIS)) == 1
+    assert len(result.rejected) == 1 and result.delivered == []
+    assert fake.executions == {}
+
+
+@pytest.mark.parametrize(
+    ("status", "document", "expected"),
+    [
+        (400, {"message": "Job 7 not found", "code": "job_not_found"}, True),
+        (400, {"message": "Der Auftrag 7 fehlt", "code": "job_not_found"}, True),
+        (400, {"message": "Job 7 not found"}, True),  # a server older than the code
+        (400, {"message": "Job 7 not found", "code": "other"}, False),
+        (400, {"message": "Invalid request data: job_id", "errors": [{"field": "job_id"}]}, False),
+        (422, {"message": "Job 7 not found", "code": "job_not_found"}, False),
+    ],
+)
+def test_job_not_found_is_decided_by_the_code_then_the_message(
+    status: int, document: dict[str, Any], expected: bool
+) -> None:
+    answer = agent.ApiAnswer(status, {"success": False, **document}, json.dumps(document))
+
+    assert answer.says_job_not_found() is expected
 
 
 def test_cut_off_last_entry_waits_for_the_next_run(fake: FakeIngest, tmp_path: Path) -> None:
@@ -797,7 +865,8 @@ def test_test_mode_prints_the_bodies_and_sends_nothing(fake: FakeIngest, tmp_pat
     code = agent.run_command(args, environ={"AOMEI_API_KEY": API_KEY}, out=out, err=err)
 
     assert code == EXIT_OK, err.getvalue()
-    assert fake.calls == [("GET", "/health", None)]
+    assert fake.calls == [("GET", "/health", None), ("GET", PING, None)]
+    assert "key accepted" in err.getvalue()
     assert not (tmp_path / "state").exists()
     printed = json.loads(out.getvalue())
     assert [item["path"] for item in printed] == [
@@ -807,6 +876,54 @@ def test_test_mode_prints_the_bodies_and_sends_nothing(fake: FakeIngest, tmp_pat
         "/aomei/log-analysis",
     ]
     assert API_KEY not in out.getvalue() + err.getvalue()
+
+
+def test_test_mode_with_a_wrong_key_exits_3_and_writes_nothing(
+    fake: FakeIngest, tmp_path: Path
+) -> None:
+    brlog = shutil.copy(FIXTURES / "brlog_en_utf8.xml", tmp_path / "brlog.xml")
+    out, err = io.StringIO(), io.StringIO()
+    args = agent_args(Path(brlog), fake.url, tmp_path / "state", test_mode=True)
+    wrong = "wrong-" + API_KEY
+
+    code = agent.run_command(args, environ={"AOMEI_API_KEY": wrong}, out=out, err=err)
+
+    assert code == EXIT_AUTH
+    assert "API key refused (401)" in err.getvalue()
+    assert len(json.loads(out.getvalue())) == 4  # the plan is still shown
+    assert [method for method, _path, _body in fake.calls] == ["GET", "GET"]
+    assert not (tmp_path / "state").exists()
+    assert wrong not in out.getvalue() + err.getvalue()
+
+
+def test_test_mode_against_a_server_older_than_ping_only_notes_it(
+    fake: FakeIngest, tmp_path: Path
+) -> None:
+    fake.legacy = True
+    brlog = shutil.copy(FIXTURES / "brlog_en_utf8.xml", tmp_path / "brlog.xml")
+    out, err = io.StringIO(), io.StringIO()
+    args = agent_args(Path(brlog), fake.url, tmp_path / "state", test_mode=True)
+
+    code = agent.run_command(args, environ={"AOMEI_API_KEY": API_KEY}, out=out, err=err)
+
+    assert code == EXIT_OK, err.getvalue()
+    assert fake.calls == [("GET", "/health", None), ("GET", PING, None)]
+    assert "404, a server older than /ping" in err.getvalue()
+    assert "key not checked" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(200, EXIT_OK), (401, EXIT_AUTH), (403, EXIT_AUTH), (404, EXIT_OK), (503, EXIT_PENDING)],
+)
+def test_test_mode_judges_the_key_check_as_a_run_would(status: int, expected: int) -> None:
+    result = AgentRunResult()
+    answer = agent.ApiAnswer(status, {"success": status == 200, "message": "x"}, "")
+
+    agent._judge_key_check(result, answer, f"answered {status}")
+
+    assert result.finish().exit_code == expected
+    assert len(result.messages) == 1
 
 
 def test_test_mode_with_the_api_down_still_prints_and_exits_1(tmp_path: Path) -> None:
@@ -820,6 +937,7 @@ def test_test_mode_with_the_api_down_still_prints_and_exits_1(tmp_path: Path) ->
     assert code == EXIT_PENDING
     assert len(json.loads(out.getvalue())) == 4
     assert "not reachable" in err.getvalue()
+    assert "key check" not in err.getvalue()  # no second wait on a dead address
 
 
 def test_cli_runs_the_agent_with_the_key_from_the_environment(

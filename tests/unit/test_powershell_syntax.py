@@ -163,6 +163,8 @@ def test_protocol_names_and_exit_codes_are_the_same_in_both_agents() -> None:
     assert f"$script:StaleLockSeconds = {agent.STALE_LOCK_SECONDS}" in source
     assert f"$script:RegisterPath = '{agent.REGISTER_PATH}'" in source
     assert f"$script:LogAnalysisPath = '{agent.LOG_ANALYSIS_PATH}'" in source
+    assert f"$script:PingPath = '{agent.PING_PATH}'" in source
+    assert f"$script:JobNotFoundCode = '{agent.JOB_NOT_FOUND_CODE}'" in source
     assert f"max_entries_per_report = {agent.MAX_ENTRIES_PER_REPORT}" in source
     for name, code in [
         ("ExitOk", agent.EXIT_OK),
