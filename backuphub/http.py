@@ -2,6 +2,7 @@
 request metrics and the ``/metrics`` endpoint.
 """
 
+import json
 import logging
 import os
 from typing import Any
@@ -56,6 +57,10 @@ def field_errors(error: RequestValidationError) -> list[dict[str, str]]:
     """Each failing field as a dotted path with pydantic's reason, without the input value."""
     errors = []
     for item in error.errors():
+        if item.get("type") == "json_invalid":
+            # The location of a JSON syntax error is a character offset, not a field.
+            errors.append({"field": "body", "message": "the body is not valid JSON"})
+            continue
         location = [str(part) for part in item.get("loc", ()) if part != "body"]
         errors.append({"field": ".".join(location) or "body", "message": item.get("msg", "")})
     return errors
@@ -122,6 +127,63 @@ class RequestCounter:
             REQUESTS.labels(self.service, endpoint, str(status["code"])).inc()
 
 
+# The largest accepted request body: a raw history upload (5 MB of XML, or its base64) plus
+# the rest of the report. Larger bodies are refused before they are read into memory.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class BodyLimit:
+    """Answers 413 to a body over ``MAX_BODY_BYTES``, by its Content-Length or, when it is
+    sent in chunks, as soon as the bytes read pass the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(envelope(False, f"Request body over {self.limit} bytes")).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
 def install_common(app: FastAPI, service: str) -> None:
     """Error answers in the envelope, request counting, and ``/metrics``."""
     app.add_exception_handler(ApiError, _on_api_error)
@@ -129,6 +191,7 @@ def install_common(app: FastAPI, service: str) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
 
+    app.add_middleware(BodyLimit)
     app.add_middleware(RequestCounter, service=service)
 
     @app.get("/metrics", include_in_schema=False)

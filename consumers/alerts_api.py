@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BeforeValidator
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,7 +26,7 @@ from backuphub.metrics import DATABASE_ERRORS
 from consumers.alert_store import acknowledge_alert, list_alerts
 from consumers.query_api import bearer_check
 from processors.alerting import AlertKind
-from schemas.api import MAX_JOB_ID, ScheduleRequest
+from schemas.api import MAX_JOB_ID, MAX_OFFSET, ScheduleRequest, lower_text
 from schemas.events import utc_now
 from schemas.tables import backup_jobs
 
@@ -63,11 +64,13 @@ def alert_routers(
     @alerts.get("")
     async def alert_list(
         _claims: Annotated[dict[str, Any], Depends(claims_of)],
-        state: Literal["open", "acknowledged", "resolved"] | None = None,
-        kind: AlertKind | None = None,
+        state: Annotated[
+            Literal["open", "acknowledged", "resolved"] | None, BeforeValidator(lower_text)
+        ] = None,
+        kind: Annotated[AlertKind | None, BeforeValidator(lower_text)] = None,
         job_id: Annotated[int | None, Query(ge=0, le=MAX_JOB_ID)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         page, total = await asyncio.to_thread(
             run,
@@ -124,7 +127,7 @@ def alert_routers(
 
         schedule = await asyncio.to_thread(run, "set schedule", write, write=True)
         if schedule is None:
-            raise job_not_found(job_id, 404)
+            raise job_not_found(job_id)
         logger.info("job schedule set", extra={"job_id": job_id, "by": claims.get("sub")})
         return envelope(True, f"Schedule of job {job_id} updated", schedule)
 

@@ -12,11 +12,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
 from backuphub.kafka_topics import ensure_topics
 from backuphub.metrics import (
@@ -40,11 +40,22 @@ def persister_group(topics: Topics) -> str:
 
 
 MAX_BATCH = 5000
+# How long a batch waits for more records after its first one (see Persister._next_batch).
+BATCH_LINGER_SECONDS = 0.05
 
 
 def decode_execution(record: ConsumerRecord) -> ExecutionRecord:
     envelope = EventEnvelope.from_bytes(record.value)
     return ExecutionRecord.model_validate(envelope.payload)
+
+
+def refused_for_good(error: SQLAlchemyError) -> bool:
+    """Whether the database refused the rows themselves (a constraint, a value it cannot hold,
+    a value the driver cannot send), so retrying the same batch can never succeed; anything
+    else (connection lost, server down, lock timeout) is worth waiting for."""
+    if isinstance(error, IntegrityError | DataError):
+        return True
+    return isinstance(error, StatementError) and not isinstance(error, DBAPIError)
 
 
 def write_batch(engine: Engine, executions: Sequence[ExecutionRecord]) -> int:
@@ -121,9 +132,9 @@ class Persister:
             started = time.perf_counter()
             try:
                 written = await asyncio.to_thread(write_batch, self.engine, executions)
-            except IntegrityError:
-                return None
             except SQLAlchemyError as error:
+                if refused_for_good(error):
+                    return None
                 DATABASE_ERRORS.labels("persister").inc()
                 logger.warning(
                     "database write failed, retrying",
@@ -161,6 +172,27 @@ class Persister:
         if written and self.on_written is not None:
             self.on_written()
 
+    async def _next_batch(
+        self, consumer: AIOKafkaConsumer
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Up to ``MAX_BATCH`` records: what arrives within ``BATCH_LINGER_SECONDS`` of the
+        first one. Each batch costs a few round trips whatever its size, so at a steady trickle
+        a short wait for company writes far fewer, larger batches."""
+        batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
+        taken = sum(len(records) for records in batches.values())
+        if not taken:
+            return batches
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BATCH_LINGER_SECONDS
+        while taken < MAX_BATCH and (left := deadline - loop.time()) > 0:
+            more = await consumer.getmany(
+                timeout_ms=max(1, int(left * 1000)), max_records=MAX_BATCH - taken
+            )
+            for partition, records in more.items():
+                batches.setdefault(partition, []).extend(records)
+                taken += len(records)
+        return batches
+
     async def run(self) -> None:
         await self._connect()
         if self.consumer is None:
@@ -169,7 +201,7 @@ class Persister:
         logger.info("persister consuming", extra={"topic": self.topics.executions})
 
         while not self._stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
+            batches = await self._next_batch(consumer)
             records = [record for partition in batches.values() for record in partition]
             if not records:
                 continue

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query
+from pydantic import BeforeValidator
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -13,7 +14,7 @@ from backuphub.http import ApiError, envelope, job_not_found
 from backuphub.metrics import AUTH_FAILURES, DATABASE_ERRORS
 from backuphub.security import TokenRejected, verify_token
 from consumers.queries import job_detail, list_jobs
-from schemas.api import MAX_JOB_ID
+from schemas.api import MAX_JOB_ID, MAX_OFFSET, lower_text
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,10 @@ def query_router(engine: Engine, jwt_secret: str) -> APIRouter:
         active_only: bool = True,
         include_executions: bool = False,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
-        status: Literal["success", "failed", "warning"] | None = None,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+        status: Annotated[
+            Literal["success", "failed", "warning"] | None, BeforeValidator(lower_text)
+        ] = None,
         server: Annotated[str | None, Query(max_length=255)] = None,
     ) -> dict[str, Any]:
         page, total = await asyncio.to_thread(

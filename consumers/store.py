@@ -41,7 +41,8 @@ def _execution_row(execution: ExecutionRecord, now: Any) -> dict[str, Any]:
         "end_time": execution.end_time,
         "error_message": execution.error_message,
         "details": execution.details,
-        "task_name": execution.task_name,
+        # History entries carry names of any length; the column holds 255.
+        "task_name": execution.task_name[:255] if execution.task_name else None,
         "source_system": execution.source_system,
         "flags": ",".join(execution.flags)[:255],
         "received_at": execution.received_at,

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -66,12 +67,47 @@ class JobType(StrEnum):
     PARTITION = "partition"
 
 
+# Sizes are PostgreSQL BIGINT, durations INTEGER: a larger number is a 400 at the door, never
+# a row the database refuses after the report was acknowledged.
+MAX_SIZE_BYTES = 2**63 - 1
+MAX_DURATION_SECONDS = 2**31 - 1
+
+
+def _number_not_bool(value: Any) -> Any:
+    """JSON ``true`` is not a count: pydantic would read it as 1."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_number_not_bool)]
+SizeBytes = Annotated[Count, Field(ge=0, le=MAX_SIZE_BYTES)]
+Seconds = Annotated[Count, Field(ge=0, le=MAX_DURATION_SECONDS)]
+
+
+def _storable_text(value: Any) -> Any:
+    """Text the database and the event log can hold: no NUL, no lone UTF-16 surrogate."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        if any("\ud800" <= character <= "\udfff" for character in value):
+            raise ValueError("must not contain unpaired surrogate characters")
+    return value
+
+
+# Paging beyond this is no page at all; the bound keeps the number inside the database's.
+MAX_OFFSET = 1_000_000_000
+
+
+def lower_text(value: Any) -> Any:
+    """Enumerated values are matched without regard to case, in bodies and in queries."""
+    return value.strip().lower() if isinstance(value, str) else value
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-
-def _lower(value: Any) -> Any:
-    return value.strip().lower() if isinstance(value, str) else value
+    _text_is_storable = field_validator("*", mode="after")(_storable_text)
 
 
 class ScheduleFields(_Body):
@@ -86,10 +122,10 @@ class ScheduleFields(_Body):
     schedule_type: Literal["manual", "hourly", "daily", "weekly", "monthly", "cron"] | None = None
     schedule_cron: Annotated[str, StringConstraints(min_length=1, max_length=120)] | None = None
     schedule_timezone: Annotated[str, StringConstraints(max_length=64)] | None = None
-    grace_seconds: int | None = Field(default=None, ge=0, le=31 * 86400)
-    max_duration_seconds: int | None = Field(default=None, gt=0, le=31 * 86400)
+    grace_seconds: Count | None = Field(default=None, ge=0, le=31 * 86400)
+    max_duration_seconds: Count | None = Field(default=None, gt=0, le=31 * 86400)
 
-    _lower_schedule_type = field_validator("schedule_type", mode="before")(_lower)
+    _lower_schedule_type = field_validator("schedule_type", mode="before")(lower_text)
 
     @field_validator("schedule_cron")
     @classmethod
@@ -151,7 +187,7 @@ class RegisterRequest(ScheduleFields):
     The schedule fields are optional; on an update only the ones sent change.
     """
 
-    job_id: int = Field(ge=0, le=MAX_JOB_ID)
+    job_id: Count = Field(ge=0, le=MAX_JOB_ID)
     task_name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
     job_type: JobType = JobType.SYSTEM_IMAGE
     target_server: ShortText | None = None
@@ -167,7 +203,7 @@ class RegisterRequest(ScheduleFields):
         | None
     ) = None
 
-    _lower_job_type = field_validator("job_type", mode="before")(_lower)
+    _lower_job_type = field_validator("job_type", mode="before")(lower_text)
 
     @field_validator("task_guid")
     @classmethod
@@ -178,10 +214,10 @@ class RegisterRequest(ScheduleFields):
 class StatusRequest(_Body):
     """One backup run as the agent saw it."""
 
-    job_id: int = Field(gt=0, le=MAX_JOB_ID)
+    job_id: Count = Field(gt=0, le=MAX_JOB_ID)
     status: Annotated[str, StringConstraints(max_length=64)]
-    backup_size: int | None = Field(default=None, ge=0)
-    duration: int | None = Field(default=None, ge=0)
+    backup_size: SizeBytes | None = None
+    duration: Seconds | None = None
     error_message: LongText | None = None
     task_name: ShortText | None = None
     start_time: UtcTime | None = None
@@ -192,7 +228,7 @@ class StatusRequest(_Body):
     storage_path: PathText | None = None
     report_id: ReportId | None = None
 
-    _lower_enums = field_validator("copy_type", "media_type", mode="before")(_lower)
+    _lower_enums = field_validator("copy_type", "media_type", mode="before")(lower_text)
 
 
 class ParsedLog(_Body):
@@ -202,8 +238,8 @@ class ParsedLog(_Body):
     status: Annotated[str, StringConstraints(max_length=64)]
     start_time: UtcTime | None = None
     end_time: UtcTime | None = None
-    duration: int | None = Field(default=None, ge=0)
-    backup_size: int | None = Field(default=None, ge=0)
+    duration: Seconds | None = None
+    backup_size: SizeBytes | None = None
     error_message: LongText | None = None
     details: LongText | None = None
 
@@ -229,7 +265,7 @@ class RawEntries(_Body):
         | None
     ) = None
 
-    _lower_encoding = field_validator("encoding", mode="before")(_lower)
+    _lower_encoding = field_validator("encoding", mode="before")(lower_text)
 
     @model_validator(mode="after")
     def _one_form(self) -> "RawEntries":
@@ -243,7 +279,7 @@ class RawEntries(_Body):
 class LogAnalysisRequest(_Body):
     """A log the agent analysed (``parsed_data``) or raw history entries (``raw_entries``)."""
 
-    job_id: int = Field(gt=0, le=MAX_JOB_ID)
+    job_id: Count = Field(gt=0, le=MAX_JOB_ID)
     log_file_path: PathText | None = None
     parsed_data: ParsedLog | None = None
     raw_entries: RawEntries | None = None

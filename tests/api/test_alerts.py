@@ -213,7 +213,8 @@ def test_schedule_endpoint_is_admin_only(app_client: TestClient, engine: Engine)
     missing = app_client.put(
         "/api/v1/aomei/jobs/99999/schedule", json=body, headers=bearer("admin")
     )
-    assert missing.status_code == 404
+    assert missing.status_code == 400
+    assert missing.json()["code"] == "job_not_found"
     bad = app_client.put(path, json={"schedule_timezone": "No/Where"}, headers=bearer("admin"))
     assert bad.status_code == 400
 

@@ -254,6 +254,12 @@ def test_a_report_whose_numbers_disagree_is_flagged(client, agent_headers, viewe
         ({"job_id": 1, "status": "success", "start_time": "yesterday"}, "start_time"),
         ({"job_id": 1, "status": "success", "copy_type": "tertiary"}, "copy_type"),
         ({"job_id": 1, "status": "success", "report_id": "has spaces"}, "report_id"),
+        ({"job_id": True, "status": "success"}, "job_id"),
+        ({"job_id": 2**40, "status": "success"}, "job_id"),
+        ({"job_id": 1, "status": "success", "backup_size": 2**63}, "backup_size"),
+        ({"job_id": 1, "status": "success", "backup_size": 10**30}, "backup_size"),
+        ({"job_id": 1, "status": "success", "duration": 2**31}, "duration"),
+        ({"job_id": 1, "status": "ok\u0000"}, "status"),
     ],
 )
 def test_an_invalid_status_body_is_a_400_naming_the_field(client, agent_headers, body, field):
@@ -268,6 +274,49 @@ def test_an_invalid_status_body_is_a_400_naming_the_field(client, agent_headers,
     assert field in [error["field"] for error in payload["errors"]]
 
 
+def test_a_lone_surrogate_is_a_400(client, agent_headers):
+    register(client, agent_headers)
+
+    response = client.post(
+        "/api/v1/aomei/status",
+        content=b'{"job_id": 1, "status": "ok", "details": "\\ud800"}',
+        headers={**agent_headers, "Content-Type": "application/json"},
+    )
+
+    # Strict JSON parsers refuse an unpaired surrogate escape, so the body as a whole is named.
+    assert response.status_code == 400
+    assert response.json()["success"] is False
+
+
+def test_a_body_over_the_limit_is_a_413(client, agent_headers):
+    body = b'{"job_id": 1, "status": "' + b"x" * (9 * 1024 * 1024) + b'"}'
+
+    response = client.post(
+        "/api/v1/aomei/status",
+        content=body,
+        headers={**agent_headers, "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 413
+    assert response.json()["success"] is False
+
+
+def test_paging_beyond_any_page_is_a_400_not_a_500(client, viewer_headers):
+    response = client.get(f"/api/v1/aomei/jobs?offset={10**20}", headers=viewer_headers)
+
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "query.offset"
+
+
+def test_the_status_filter_ignores_case(client, agent_headers, viewer_headers):
+    register(client, agent_headers)
+    client.post("/api/v1/aomei/status", json={**STATUS, "status": "failed"}, headers=agent_headers)
+
+    body = client.get("/api/v1/aomei/jobs?status=FAILED", headers=viewer_headers).json()
+
+    assert body["total"] == 1
+
+
 def test_a_body_that_is_not_json_is_a_400(client, agent_headers):
     response = client.post(
         "/api/v1/aomei/status",
@@ -277,6 +326,7 @@ def test_a_body_that_is_not_json_is_a_400(client, agent_headers):
 
     assert response.status_code == 400
     assert response.json()["success"] is False
+    assert response.json()["errors"] == [{"field": "body", "message": "the body is not valid JSON"}]
 
 
 def test_status_for_an_unknown_job_is_a_400(client, agent_headers):
