@@ -9,6 +9,7 @@ import sys
 import tempfile
 from typing import Any
 
+from backuphub.database import DatabaseUnreachable
 from backuphub.settings import ConfigurationError, Settings, embedded_secrets
 
 
@@ -27,13 +28,17 @@ def _serve(args: argparse.Namespace) -> int:
     from ingest_api.registry import JobRegistry
 
     settings = Settings.from_env()
+    port = _serve_port(args.port)
+    _check_port_free(args.host, port)
     home = settings.home.resolve()
     secrets = embedded_secrets(home)
     database_url = settings.database_url or f"sqlite:///{home / 'backuphub.db'}"
     engine = make_engine(database_url)
     migrate(engine)
 
-    keys = ApiKeys(settings.api_keys or [secrets.api_key])
+    # The generated key always works, so the README's first steps do too; keys from the
+    # environment (e.g. the agents' AOMEI_API_KEY on the same machine) are accepted beside it.
+    keys = ApiKeys([secrets.api_key, *settings.api_keys])
     jwt_secret = settings.jwt_secret or secrets.jwt_secret
     sink = EmbeddedSink(engine)
     # Alerts are stored like in the distributed mode; the missing-backup check runs in this
@@ -54,23 +59,50 @@ def _serve(args: argparse.Namespace) -> int:
             *alert_routers(engine, jwt_secret, sink.write_lock),
         ),
         service="embedded",
+        max_in_flight=settings.max_in_flight,
         alarms=AuthAlarms(monitor_from(settings), DatabaseAlertEmitter(engine, sink.write_lock)),
         background=(lambda: checker.run(stopping),),
     )
 
-    base = f"http://{args.host}:{args.port}"
-    shown_key = secrets.api_key if not settings.api_keys else "(from AOMEI_API_KEYS)"
+    base = f"http://{args.host}:{port}"
+    also = "\n  also:      the keys in AOMEI_API_KEYS / AOMEI_API_KEY" if settings.api_keys else ""
     print(
         f"backuphub (embedded) serving on {base}\n"
         f"  data:      {database_url}\n"
-        f"  API key:   {shown_key}\n"
-        f"  get a JWT: backuphub token --subject you --role viewer\n"
+        f"  API key:   {secrets.api_key} (kept in {home / 'api_key'}){also}\n"
+        f"  get a JWT: .venv/bin/backuphub token --subject you --role viewer"
+        f" (from this folder, or with BACKUPHUB_HOME={home})\n"
         f"  try:       curl -H 'X-API-Key: <key>' -H 'Content-Type: application/json' "
         f'-d \'{{"job_id": 0, "task_name": "Test Backup"}}\' {base}/api/v1/aomei/register',
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None)
+    uvicorn.run(app, host=args.host, port=port, log_config=None)
     return 0
+
+
+def _serve_port(given: int | None) -> int:
+    """The port from ``--port``, else ``PORT``, else 8080; a clear error when it is not one."""
+    if given is not None:
+        return given
+    value = os.environ.get("PORT", "8080")
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ConfigurationError(f"PORT must be a port number (1-65535), not {value!r}")
+    return int(value)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before any setup when the address is taken, with the way out."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigurationError(
+                f"cannot listen on {host}:{port} ({error.strerror}); "
+                f"choose another port: make run PORT=8081, or backuphub serve --port 8081"
+            ) from error
 
 
 def _distributed_settings(*needs: str) -> Settings:
@@ -101,6 +133,7 @@ def ingest_app() -> Any:
         registry=JobRegistry(engine),
         sink=sink,
         retry_after=settings.retry_after_seconds,
+        max_in_flight=settings.max_in_flight,
         # Bursts of bad API keys go to the alerts topic through the ingest producer.
         alarms=AuthAlarms(
             monitor_from(settings),
@@ -225,9 +258,26 @@ def _token(args: argparse.Namespace) -> int:
     from backuphub.security import issue_token
 
     settings = Settings.from_env()
-    secret = settings.jwt_secret or embedded_secrets(settings.home.resolve()).jwt_secret
+    if not args.subject.strip():
+        raise ConfigurationError("--subject must name who the token is for")
+    if args.ttl <= 0:
+        raise ConfigurationError("--ttl must be a positive number of seconds")
+
+    secret = settings.jwt_secret or _embedded_jwt_secret(settings)
     print(issue_token(secret, subject=args.subject, role=args.role, ttl_seconds=args.ttl))
     return 0
+
+
+def _embedded_jwt_secret(settings: Settings) -> str:
+    """The secret ``backuphub serve`` made; never a new one, which no server would know."""
+    secret_file = settings.home.resolve() / "jwt_secret"
+    if not secret_file.exists():
+        raise ConfigurationError(
+            f"no JWT secret at {secret_file}: run this in the folder where backuphub serve "
+            "runs, or set BACKUPHUB_HOME to its data folder, or BACKUPHUB_JWT_SECRET to the "
+            "distributed services' secret"
+        )
+    return secret_file.read_text().strip()
 
 
 def _aomei_parse(args: argparse.Namespace) -> int:
@@ -253,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run everything in one process on SQLite")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    serve.add_argument("--port", type=int, help="default: PORT, else 8080")
     serve.set_defaults(handler=_serve)
 
     ingest = commands.add_parser("ingest", help="run the ingest API (publishes to Kafka)")
@@ -333,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(os.environ.get("BACKUPHUB_LOG_LEVEL", "ERROR" if quiet else "INFO"))
     try:
         code: int = args.handler(args)
-    except ConfigurationError as error:
+    except (ConfigurationError, DatabaseUnreachable) as error:
         print(f"backuphub: {error}", file=sys.stderr)
         return 2
     return code

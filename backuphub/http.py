@@ -127,7 +127,7 @@ class RequestCounter:
             REQUESTS.labels(self.service, endpoint, str(status["code"])).inc()
 
 
-# The largest accepted request body: a raw history upload (5 MB of XML, or its base64) plus
+# The largest accepted request body: a raw history upload (2 MB of XML, or its base64) plus
 # the rest of the report. Larger bodies are refused before they are read into memory.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 

@@ -19,6 +19,11 @@ logger = logging.getLogger(__name__)
 # Partitions bound the parallelism of each consumer group; reports are keyed by job id.
 PARTITIONS = 6
 
+# The largest event: a raw history upload at the API's body limit, with its envelope. Kafka's
+# own default (1 MB) would make such a report a 503 on every retry.
+MAX_EVENT_BYTES = 10 * 1024 * 1024
+TOPIC_CONFIG = {"max.message.bytes": str(MAX_EVENT_BYTES)}
+
 
 async def ensure_topics(
     bootstrap_servers: str, topics: Topics, *, replication: int = 1, timeout: float = 60.0
@@ -33,7 +38,10 @@ async def ensure_topics(
             existing = set(await admin.list_topics())
             missing = [name for name in topics.all() if name not in existing]
             if missing:
-                new = [NewTopic(name, PARTITIONS, replication) for name in missing]
+                new = [
+                    NewTopic(name, PARTITIONS, replication, topic_configs=TOPIC_CONFIG)
+                    for name in missing
+                ]
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(new)
                 logger.info("topics created", extra={"topics": missing})

@@ -52,4 +52,6 @@ def verify_token(secret: str, token: str) -> dict[str, Any]:
         )
     except jwt.PyJWTError as error:
         raise TokenRejected(str(error)) from error
+    if claims.get("role") not in ROLES:
+        raise TokenRejected(f"role must be one of {', '.join(ROLES)}")
     return claims

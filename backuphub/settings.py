@@ -30,6 +30,8 @@ class Settings:
     home: Path = Path(".backuphub")
     publish_timeout_seconds: float = 3.0
     retry_after_seconds: int = 5
+    # Report POSTs one ingest process handles at once; more are answered 503 at once.
+    max_in_flight: int = 256
     # Alerts: how often the missing-backup check runs, the auth-failure-burst thresholds,
     # and the notify service's target file (JSON; see consumers.notify).
     alert_check_seconds: float = 30.0
@@ -51,6 +53,7 @@ class Settings:
             home=Path(env.get("BACKUPHUB_HOME", ".backuphub")),
             publish_timeout_seconds=float(env.get("BACKUPHUB_PUBLISH_TIMEOUT", "3")),
             retry_after_seconds=int(env.get("BACKUPHUB_RETRY_AFTER", "5")),
+            max_in_flight=int(env.get("BACKUPHUB_MAX_IN_FLIGHT", "256")),
             alert_check_seconds=float(env.get("BACKUPHUB_ALERT_CHECK_SECONDS", "30")),
             auth_burst_threshold=int(env.get("BACKUPHUB_AUTH_BURST_THRESHOLD", "20")),
             auth_burst_window_seconds=int(env.get("BACKUPHUB_AUTH_BURST_WINDOW", "60")),
@@ -63,8 +66,9 @@ class Settings:
         missing = []
         if "api_keys" in names and not self.api_keys:
             missing.append("AOMEI_API_KEYS (one or more API keys, comma-separated)")
-        if "jwt_secret" in names and len(self.jwt_secret) < 16:
-            missing.append("BACKUPHUB_JWT_SECRET (at least 16 characters)")
+        if "jwt_secret" in names and len(self.jwt_secret.strip()) < 32:
+            # HS256 wants a key at least as long as its 32-byte hash.
+            missing.append("BACKUPHUB_JWT_SECRET (at least 32 characters)")
         if "database_url" in names and not self.database_url:
             missing.append("DATABASE_URL (e.g. postgresql+psycopg://user:pass@127.0.0.1/backuphub)")
         if missing:
@@ -83,14 +87,16 @@ def embedded_secrets(home: Path) -> EmbeddedSecrets:
 
     The files are readable by their owner only; nothing else stores the key.
     """
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_file, secret_file = home / "api_key", home / "jwt_secret"
     created = not key_file.exists()
 
     for path in (key_file, secret_file):
         if not path.exists():
-            path.write_text(secrets.token_urlsafe(32) + "\n")
-            path.chmod(0o600)
+            # Created private, never readable by others even for a moment.
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as secret:
+                secret.write(secrets.token_urlsafe(32) + "\n")
 
     return EmbeddedSecrets(
         api_key=key_file.read_text().strip(),

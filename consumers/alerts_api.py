@@ -83,7 +83,7 @@ def alert_routers(
 
     @alerts.post("/{alert_id}/acknowledge")
     async def acknowledge(
-        alert_id: str,
+        alert_id: Annotated[str, Path(max_length=36, pattern=r"^[0-9A-Fa-f-]+$")],
         claims: Annotated[dict[str, Any], Depends(claims_of)],
     ) -> dict[str, Any]:
         who = str(claims.get("sub") or "unknown")

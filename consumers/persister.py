@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
-from backuphub.kafka_topics import ensure_topics
+from backuphub.kafka_topics import MAX_EVENT_BYTES, ensure_topics
 from backuphub.metrics import (
     CONSUMER_LAG,
     DATABASE_ERRORS,
@@ -41,7 +41,7 @@ def persister_group(topics: Topics) -> str:
 
 MAX_BATCH = 5000
 # How long a batch waits for more records after its first one (see Persister._next_batch).
-BATCH_LINGER_SECONDS = 0.05
+BATCH_LINGER_SECONDS = 0.2
 
 
 def decode_execution(record: ConsumerRecord) -> ExecutionRecord:
@@ -76,6 +76,8 @@ class Persister:
         self._stopping = asyncio.Event()
         # Called after a batch added rows (their alerts may wait in the outbox).
         self.on_written: Callable[[], None] | None = None
+        # When the current run of failed writes began; None while writes succeed.
+        self.failing_since: float | None = None
 
     async def _connect(self) -> None:
         await ensure_topics(self.bootstrap_servers, self.topics, timeout=3600)
@@ -91,7 +93,10 @@ class Persister:
                 client_id="backuphub-persister",
             )
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap_servers, acks="all", enable_idempotence=True
+                bootstrap_servers=self.bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,
+                max_request_size=MAX_EVENT_BYTES,
             )
             try:
                 await consumer.start()
@@ -136,15 +141,27 @@ class Persister:
                 if refused_for_good(error):
                     return None
                 DATABASE_ERRORS.labels("persister").inc()
+                self.failing_since = self.failing_since or time.monotonic()
                 logger.warning(
                     "database write failed, retrying",
-                    extra={"error": type(error).__name__, "delay": delay},
+                    extra={
+                        "error": type(error).__name__,
+                        "delay": delay,
+                        "rows": len(executions),
+                        "first_execution_id": executions[0].execution_id if executions else None,
+                    },
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
+            self.failing_since = None
             PERSIST_SECONDS.observe(time.perf_counter() - started)
             return written
+
+    def writes_stalled(self, after_seconds: float = 30.0) -> bool:
+        """Whether writes have been failing for longer than ``after_seconds``."""
+        since = self.failing_since
+        return since is not None and time.monotonic() - since > after_seconds
 
     async def _handle(self, records: list[ConsumerRecord]) -> None:
         executions: list[ExecutionRecord] = []

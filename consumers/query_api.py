@@ -59,7 +59,7 @@ def query_router(engine: Engine, jwt_secret: str) -> APIRouter:
         status: Annotated[
             Literal["success", "failed", "warning"] | None, BeforeValidator(lower_text)
         ] = None,
-        server: Annotated[str | None, Query(max_length=255)] = None,
+        server: Annotated[str | None, Query(max_length=255, pattern=r"^[^\x00]*$")] = None,
     ) -> dict[str, Any]:
         page, total = await asyncio.to_thread(
             read,

@@ -36,6 +36,7 @@ def create_query_app(engine: Engine, jwt_secret: str, persister: Persister | Non
         checks = {
             "database": await asyncio.to_thread(database_reachable, engine),
             "kafka": persister is not None and persister.consumer is not None,
+            "writes": persister is None or not persister.writes_stalled(),
         }
         if not all(checks.values()):
             raise ApiError(503, f"degraded: {checks}")

@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backuphub.http import ApiError, envelope, install_common, job_not_found
 from backuphub.metrics import AUTH_FAILURES, DATABASE_ERRORS, REPORTS_ACCEPTED, REPORTS_REJECTED
@@ -265,6 +267,52 @@ def database_reachable(engine: Engine) -> bool:
     return True
 
 
+REPORT_PATHS = frozenset(
+    {"/api/v1/aomei/register", "/api/v1/aomei/status", "/api/v1/aomei/log-analysis"}
+)
+
+
+class ReportAdmission:
+    """Sheds load before it queues: at most ``limit`` agent POSTs are handled at once by this
+    process, and one more is answered 503 with ``Retry-After`` straight away.
+
+    Without it a flood (thousands of agents retrying together after an outage) is taken in
+    whole, and every request waits behind all the others, far past the publish timeout that is
+    meant to bound it. With it the admitted requests stay fast and the rest are told when to
+    come back, which is what a 503 already means to the agents. Plain ASGI: a refusal costs
+    no routing, no body read and no validation.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, retry_after: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+        body = orjson.dumps(envelope(False, "Too many reports at once; send it again later"))
+        self.refusal_body = body
+        self.refusal_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(retry_after).encode()),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in REPORT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            REPORTS_REJECTED.labels("overloaded").inc()
+            await send(
+                {"type": "http.response.start", "status": 503, "headers": self.refusal_headers}
+            )
+            await send({"type": "http.response.body", "body": self.refusal_body})
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 def create_ingest_app(
     *,
     keys: ApiKeys,
@@ -275,11 +323,13 @@ def create_ingest_app(
     service: str = "ingest",
     alarms: AuthAlarms | None = None,
     background: tuple[Callable[[], Any], ...] = (),
+    max_in_flight: int = 256,
 ) -> FastAPI:
     """The ingest service; the embedded mode adds the query routes to the same app.
 
     ``background`` holds coroutine functions run for the app's lifetime (the embedded mode's
-    missing-backup check); they are cancelled at shutdown.
+    missing-backup check); they are cancelled at shutdown. ``max_in_flight`` bounds the agent
+    POSTs handled at once (``ReportAdmission``).
     """
     alarms = alarms or AuthAlarms()
 
@@ -298,6 +348,7 @@ def create_ingest_app(
 
     app = FastAPI(title="backuphub ingest", lifespan=lifespan)
     install_common(app, service)
+    app.add_middleware(ReportAdmission, limit=max_in_flight, retry_after=retry_after)
     app.include_router(ingest_router(keys, registry, sink, retry_after, alarms))
     for router in extra_routers:
         app.include_router(router)

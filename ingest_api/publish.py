@@ -15,7 +15,7 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from backuphub.kafka_topics import ensure_topics
+from backuphub.kafka_topics import MAX_EVENT_BYTES, ensure_topics
 from backuphub.metrics import PUBLISH_SECONDS
 from schemas.events import EventEnvelope
 from schemas.topics import Topics
@@ -63,6 +63,7 @@ class KafkaReportSink:
             enable_idempotence=True,
             linger_ms=2,
             max_batch_size=256 * 1024,
+            max_request_size=MAX_EVENT_BYTES,
             request_timeout_ms=int(self.timeout_seconds * 1000) + 2000,
             retry_backoff_ms=100,
             client_id="backuphub-ingest",

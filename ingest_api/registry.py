@@ -68,7 +68,13 @@ def _find_existing(engine: Engine, request: RegisterRequest) -> Row | None:
 
 
 def _changes(request: RegisterRequest) -> dict[str, object]:
-    """The columns a registration sets; fields the agent left out keep their stored value."""
+    """The columns a registration of an existing job sets; fields the agent left out keep
+    their stored value.
+
+    The schedule is not among them: it decides when a job counts as missing, so once the job
+    exists only an admin changes it (``PUT /jobs/{id}/schedule``), not any holder of an agent
+    key. A schedule sent at registration takes effect when the job is created.
+    """
     values: dict[str, object] = {"job_name": request.task_name, "updated_at": utc_now()}
     fields = request.model_fields_set
     if "job_type" in fields:
@@ -78,9 +84,6 @@ def _changes(request: RegisterRequest) -> dict[str, object]:
             values[name] = getattr(request, name)
     if "target_server" in fields:
         values["target_server"] = request.target_server or ""
-    schedule = request.schedule_changes()
-    if schedule:
-        values.update(schedule, schedule_updated_at=values["updated_at"])
     return values
 
 

@@ -21,7 +21,7 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from backuphub.kafka_topics import ensure_topics
+from backuphub.kafka_topics import MAX_EVENT_BYTES, ensure_topics
 from backuphub.metrics import EVENTS_FAILED, EVENTS_PROCESSED
 from backuphub.settings import Settings
 from processors.rules import ReportRejected, process_report
@@ -64,6 +64,7 @@ def create_processor_app(
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_max_request_size=MAX_EVENT_BYTES,
         # Faust's default (no linger, 16 KiB batches) sends nearly every execution in a
         # produce request of its own; a few ms of linger cut the processor's CPU per report.
         producer_linger=0.005,

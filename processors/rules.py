@@ -7,10 +7,11 @@ pipeline of the embedded one. Nothing here does I/O.
 import base64
 import binascii
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from processors.aomei.brlog import BrlogEntry, parse_brlog, parse_brlog_text
+from schemas.api import MAX_CLOCK_AHEAD
 from schemas.events import EventEnvelope, ExecutionRecord, derived_id
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,15 @@ def decode_raw_entries(raw: dict[str, Any]) -> list[BrlogEntry]:
 
     if not result.entries and result.problems:
         raise ReportRejected(f"raw_entries hold no readable entry: {result.problems[0].reason}")
+
+    # The same bound the API puts on reported times: a run dated ahead is a wrong clock.
+    latest_allowed = datetime.now(UTC) + MAX_CLOCK_AHEAD
+    ahead = [entry for entry in result.entries if entry.epoch > latest_allowed.timestamp()]
+    if ahead:
+        raise ReportRejected(
+            f"raw_entries hold an entry dated {ahead[0].time}, more than a day in the future "
+            "(check the machine's clock)"
+        )
 
     wanted_task = (raw.get("task_id") or "").strip("{}").lower()
     if not wanted_task:

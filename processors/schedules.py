@@ -188,7 +188,8 @@ def load_zone(name: str | None) -> ZoneInfo:
         return ZoneInfo("UTC")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as error:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as error:
+        # OSError: a name that is a folder of the zone database, such as 'America'.
         raise ScheduleError(f"unknown time zone {name!r} (use an IANA name)") from error
 
 

@@ -4,7 +4,7 @@ Field names follow the wire contract that deployed agents already speak. Unknown
 ignored so that newer agents can talk to an older server.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -33,11 +33,29 @@ LongText = Annotated[str, StringConstraints(max_length=20_000)]
 PathText = Annotated[str, StringConstraints(max_length=1024)]
 
 
+# A backup run reported more than this ahead of the server's clock is a wrong clock, not a
+# run: taken as the job's newest run it would hide every real one after it.
+MAX_CLOCK_AHEAD = timedelta(days=1)
+EARLIEST_RUN = datetime(2000, 1, 1)
+
+
 def as_utc_naive(value: datetime | None) -> datetime | None:
-    """Store every time as naive UTC; a time sent without an offset is taken as UTC."""
-    if value is None or value.tzinfo is None:
+    """Store every time as naive UTC; a time sent without an offset is taken as UTC.
+
+    Times before 2000 or more than a day in the future are refused.
+    """
+    if value is None:
         return value
-    return value.astimezone(UTC).replace(tzinfo=None)
+    if value.tzinfo is not None:
+        try:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError as error:
+            raise ValueError("is outside the range of dates") from error
+    if value < EARLIEST_RUN:
+        raise ValueError("is before 2000-01-01")
+    if value > datetime.now(UTC).replace(tzinfo=None) + MAX_CLOCK_AHEAD:
+        raise ValueError("is more than a day in the future (check the agent's clock)")
+    return value
 
 
 UtcTime = Annotated[datetime, AfterValidator(as_utc_naive)]
@@ -252,8 +270,8 @@ class RawEntries(_Body):
     """
 
     format: Literal["xml", "base64"] = "xml"
-    xml: Annotated[str, StringConstraints(max_length=5_000_000)] | None = None
-    data: Annotated[str, StringConstraints(max_length=7_000_000)] | None = None
+    xml: Annotated[str, StringConstraints(max_length=2_000_000)] | None = None
+    data: Annotated[str, StringConstraints(max_length=2_800_000)] | None = None
     encoding: Literal["utf-8", "utf-16-le", "utf-16-be", "auto"] = "auto"
     task_id: (
         Annotated[

@@ -62,7 +62,7 @@ SPOOL_FORMAT: Final = 1
 # PowerShell agent can use the very same value.
 REPORT_ID_NAMESPACE: Final = uuid.UUID("fa503c9d-9854-5324-a00f-3f1e8dc0b442")
 
-# A real entry is a few hundred bytes: 1000 keep a report far below the server's 5 MB
+# A real entry is a few hundred bytes: 1000 keep a report far below the server's 2 MB
 # limit on raw_entries.xml even for a first run over years of hourly backups.
 MAX_ENTRIES_PER_REPORT: Final = 1000
 

@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from backuphub.embedded import EmbeddedSink
 from backuphub.security import ApiKeys, issue_token
@@ -155,8 +155,10 @@ def test_list_filters_paging_and_acknowledge(app_client: TestClient):
     assert app_client.get("/api/v1/alerts").status_code == 401
     assert (
         app_client.post("/api/v1/alerts/nope/acknowledge", headers=bearer("viewer")).status_code
-        == 404
+        == 400
     )
+    unknown = "/api/v1/alerts/00000000-0000-0000-0000-000000000000/acknowledge"
+    assert app_client.post(unknown, headers=bearer("viewer")).status_code == 404
     bad_kind = app_client.get("/api/v1/alerts", params={"kind": "nope"}, headers=bearer("viewer"))
     assert bad_kind.status_code == 400
 
@@ -240,8 +242,16 @@ def test_missing_check_raises_once_across_restarts_and_a_run_resolves(
     app_client: TestClient, engine: Engine, sink: EmbeddedSink
 ):
     job = register(app_client, "Daily", schedule_type="daily", grace_seconds=3600)
-    created = utc_now()
-    clock = [created + timedelta(days=3)]
+    # Runs dated ahead of the real clock are refused, so the job is made older instead.
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE backup_jobs SET created_at = :then, schedule_updated_at = :then "
+                "WHERE id = :job"
+            ),
+            {"then": utc_now() - timedelta(days=4), "job": job},
+        )
+    clock = [utc_now() - timedelta(days=1)]
 
     def checker() -> MissingBackupChecker:
         return MissingBackupChecker(engine, clock=lambda: clock[0], write_lock=sink.write_lock)

@@ -99,3 +99,32 @@ def test_a_distributed_service_without_its_secrets_refuses_to_start(command, mon
 
     assert main([command]) == 2
     assert "missing configuration" in capsys.readouterr().err
+
+
+def test_a_token_is_never_signed_with_a_secret_no_server_knows(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BACKUPHUB_HOME", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("BACKUPHUB_JWT_SECRET", raising=False)
+
+    assert main(["token", "--subject", "me"]) == 2
+    assert "no JWT secret" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_serve_on_a_taken_port_says_so_before_any_setup(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BACKUPHUB_HOME", str(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        assert main(["serve", "--port", str(port)]) == 2
+
+    assert "choose another port" in capsys.readouterr().err
+    assert not (tmp_path / "backuphub.db").exists()
+
+
+def test_a_port_that_is_not_a_number_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setenv("PORT", "abc")
+
+    assert main(["serve"]) == 2
+    assert "PORT must be a port number" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from backuphub.database import make_engine
 from backuphub.kafka_topics import PARTITIONS
@@ -133,7 +133,17 @@ def test_a_missing_daily_backup_alerts_once_across_restarts_and_its_run_resolves
     trio: ServiceTrio, agent: Agent, engine: Engine
 ) -> None:
     job = agent.register(unique("Daily"), "srv-alerts", schedule_type="daily", grace_seconds=3600)
-    clock = [utc_now() + timedelta(days=3)]  # two whole days without a run
+    # Runs dated ahead of the real clock are refused, so the job is made older instead: two
+    # whole days without a run by the time the check looks.
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE backup_jobs SET created_at = :then, schedule_updated_at = :then "
+                "WHERE id = :job"
+            ),
+            {"then": utc_now() - timedelta(days=4), "job": job},
+        )
+    clock = [utc_now() - timedelta(days=1)]
 
     first = MissingBackupChecker(engine, clock=lambda: clock[0]).check_once()
     assert first is not None

@@ -348,13 +348,13 @@ def test_epochs_compare_as_numbers_not_text(fake: FakeIngest, tmp_path: Path) ->
         brlog,
         log_xml(TASK_A, 999_999_999, "Daily"),
         log_xml(TASK_A, 1_000_000_000, "Daily"),
-        log_xml(TASK_A, 10_000_000_000, "Daily"),
+        log_xml(TASK_A, 1_700_000_000, "Daily"),
     )
     fake.calls.clear()
     assert run(config).exit_code == EXIT_OK
 
     [body] = fake.posts(LOG_ANALYSIS)
-    assert epochs_in(body) == [10_000_000_000]
+    assert epochs_in(body) == [1_700_000_000]
 
 
 def test_api_down_keeps_reports_in_order_then_delivers_each_once(
