@@ -8,6 +8,8 @@ therefore declares the topics it touches at start.
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -57,3 +59,39 @@ async def ensure_topics(
         finally:
             with contextlib.suppress(Exception):
                 await admin.close()
+
+
+class KafkaClient(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+ClientT = TypeVar("ClientT", bound=KafkaClient)
+
+
+async def start_when_reachable(
+    make_client: Callable[[], ClientT], *, name: str, stopping: asyncio.Event | None = None
+) -> ClientT | None:
+    """Start a Kafka client, retrying with back-off while the broker is away.
+
+    Services start before (or without) their broker and connect when it comes; None when
+    ``stopping`` is set first.
+    """
+    delay = 0.5
+    while stopping is None or not stopping.is_set():
+        client = make_client()
+        try:
+            await client.start()
+        except (KafkaError, OSError) as error:
+            logger.warning(
+                "kafka not reachable, retrying",
+                extra={"client": name, "error": str(error), "delay": delay},
+            )
+            with contextlib.suppress(Exception):
+                await client.stop()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        return client
+    return None

@@ -47,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from backuphub.database import make_engine
-from backuphub.kafka_topics import ensure_topics
+from backuphub.kafka_topics import ensure_topics, start_when_reachable
 from backuphub.metrics import CONSUMER_LAG, NOTIFY_DELIVERIES, NOTIFY_SECONDS
 from consumers.notify_targets import DeliveryFailed, NotifyConfig, Target, send
 from schemas.events import EventEnvelope, utc_now
@@ -234,9 +234,9 @@ class KafkaNotifyService:
 
     async def _connect(self) -> None:
         await ensure_topics(self.bootstrap_servers, self.topics, timeout=3600)
-        delay = 0.5
-        while not self._stopping.is_set():
-            consumer = AIOKafkaConsumer(
+
+        def consumer() -> AIOKafkaConsumer:
+            return AIOKafkaConsumer(
                 self.topics.alerts,
                 bootstrap_servers=self.bootstrap_servers,
                 group_id=group_id(self.topics),
@@ -244,17 +244,10 @@ class KafkaNotifyService:
                 auto_offset_reset="earliest",
                 client_id="backuphub-notify",
             )
-            try:
-                await consumer.start()
-            except (KafkaError, OSError) as error:
-                logger.warning("kafka not reachable", extra={"error": str(error), "delay": delay})
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            self.consumer = consumer
-            return
+
+        self.consumer = await start_when_reachable(
+            consumer, name="notify consumer", stopping=self._stopping
+        )
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         for record in records:

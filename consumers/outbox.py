@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 from sqlalchemy import Connection, Engine, Row, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from backuphub.kafka_topics import start_when_reachable
 from backuphub.metrics import ALERTS_PUBLISHED, DATABASE_ERRORS
 from schemas.events import utc_now
 from schemas.tables import alert_outbox
@@ -82,25 +83,17 @@ class OutboxPublisher:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     async def _start_producer(self, stopping: asyncio.Event) -> None:
-        delay = 0.5
-        while not stopping.is_set():
-            producer = AIOKafkaProducer(
+        def producer() -> AIOKafkaProducer:
+            return AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap_servers,
                 acks="all",
                 enable_idempotence=True,
                 client_id="backuphub-alert-publisher",
             )
-            try:
-                await producer.start()
-            except (KafkaError, OSError) as error:
-                logger.warning("kafka not reachable", extra={"error": str(error), "delay": delay})
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            self.producer = producer
-            return
+
+        self.producer = await start_when_reachable(
+            producer, name="alert publisher", stopping=stopping
+        )
 
     async def publish_once(self) -> int:
         """Send one batch of unpublished rows and mark them; how many were published."""

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
-from backuphub.kafka_topics import MAX_EVENT_BYTES, ensure_topics
+from backuphub.kafka_topics import MAX_EVENT_BYTES, ensure_topics, start_when_reachable
 from backuphub.metrics import (
     CONSUMER_LAG,
     DATABASE_ERRORS,
@@ -41,7 +41,7 @@ def persister_group(topics: Topics) -> str:
 
 MAX_BATCH = 5000
 # How long a batch waits for more records after its first one (see Persister._next_batch).
-BATCH_LINGER_SECONDS = 0.2
+BATCH_LINGER_SECONDS = 0.05
 
 
 def decode_execution(record: ConsumerRecord) -> ExecutionRecord:
@@ -81,9 +81,9 @@ class Persister:
 
     async def _connect(self) -> None:
         await ensure_topics(self.bootstrap_servers, self.topics, timeout=3600)
-        delay = 0.5
-        while not self._stopping.is_set():
-            consumer = AIOKafkaConsumer(
+
+        def consumer() -> AIOKafkaConsumer:
+            return AIOKafkaConsumer(
                 self.topics.executions,
                 bootstrap_servers=self.bootstrap_servers,
                 group_id=persister_group(self.topics),
@@ -92,25 +92,21 @@ class Persister:
                 max_partition_fetch_bytes=4 * 1024 * 1024,
                 client_id="backuphub-persister",
             )
-            producer = AIOKafkaProducer(
+
+        def producer() -> AIOKafkaProducer:
+            return AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap_servers,
                 acks="all",
                 enable_idempotence=True,
                 max_request_size=MAX_EVENT_BYTES,
             )
-            try:
-                await consumer.start()
-                await producer.start()
-            except (KafkaError, OSError) as error:
-                logger.warning("kafka not reachable", extra={"error": str(error), "delay": delay})
-                for client in (consumer, producer):
-                    with contextlib.suppress(Exception):
-                        await client.stop()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            self.consumer, self.dead_letters = consumer, producer
-            return
+
+        self.dead_letters = await start_when_reachable(
+            producer, name="dead-letter producer", stopping=self._stopping
+        )
+        self.consumer = await start_when_reachable(
+            consumer, name="persister consumer", stopping=self._stopping
+        )
 
     async def _set_aside(self, record: ConsumerRecord, reason: str) -> None:
         """Keep an event that cannot be written on the dead-letter topic, never drop it."""

@@ -15,7 +15,7 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from backuphub.kafka_topics import MAX_EVENT_BYTES, ensure_topics
+from backuphub.kafka_topics import MAX_EVENT_BYTES, ensure_topics, start_when_reachable
 from backuphub.metrics import PUBLISH_SECONDS
 from schemas.events import EventEnvelope
 from schemas.topics import Topics
@@ -71,22 +71,8 @@ class KafkaReportSink:
 
     async def _start_until_ready(self) -> None:
         await ensure_topics(self.bootstrap_servers, self.topics)
-        delay = 0.5
-        while self._producer is None:
-            producer = self._new_producer()
-            try:
-                await producer.start()
-            except (KafkaError, OSError) as error:
-                logger.warning(
-                    "kafka not reachable, retrying", extra={"error": str(error), "delay": delay}
-                )
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            self._producer = producer
-            logger.info("kafka producer started", extra={"servers": self.bootstrap_servers})
+        self._producer = await start_when_reachable(self._new_producer, name="ingest producer")
+        logger.info("kafka producer started", extra={"servers": self.bootstrap_servers})
 
     async def start(self) -> None:
         self._starter = asyncio.create_task(self._start_until_ready())

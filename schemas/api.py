@@ -29,6 +29,11 @@ ReportId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")
 ]
 ShortText = Annotated[str, StringConstraints(max_length=255)]
+# An AOMEI task's GUID, with or without braces, any case.
+TaskGuid = Annotated[
+    str,
+    StringConstraints(pattern=r"^\{?[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\}?$"),
+]
 LongText = Annotated[str, StringConstraints(max_length=20_000)]
 PathText = Annotated[str, StringConstraints(max_length=1024)]
 
@@ -211,15 +216,7 @@ class RegisterRequest(ScheduleFields):
     target_server: ShortText | None = None
     target_path: PathText | None = None
     description: LongText | None = None
-    task_guid: (
-        Annotated[
-            str,
-            StringConstraints(
-                pattern=r"^\{?[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\}?$"
-            ),
-        ]
-        | None
-    ) = None
+    task_guid: TaskGuid | None = None
 
     _lower_job_type = field_validator("job_type", mode="before")(lower_text)
 
@@ -229,37 +226,30 @@ class RegisterRequest(ScheduleFields):
         return value.strip("{}").lower() if value else value
 
 
-class StatusRequest(_Body):
-    """One backup run as the agent saw it."""
+class ParsedLog(_Body):
+    """One backup run as the agent read it: the contract's ``parsed_data``, and the core of a
+    status report."""
 
-    job_id: Count = Field(gt=0, le=MAX_JOB_ID)
-    status: Annotated[str, StringConstraints(max_length=64)]
-    backup_size: SizeBytes | None = None
-    duration: Seconds | None = None
-    error_message: LongText | None = None
     task_name: ShortText | None = None
+    status: Annotated[str, StringConstraints(max_length=64)]
     start_time: UtcTime | None = None
     end_time: UtcTime | None = None
+    duration: Seconds | None = None
+    backup_size: SizeBytes | None = None
+    error_message: LongText | None = None
     details: LongText | None = None
+
+
+class StatusRequest(ParsedLog):
+    """One backup run of a job, with where its copy went."""
+
+    job_id: Count = Field(gt=0, le=MAX_JOB_ID)
     copy_type: CopyType = CopyType.PRIMARY
     media_type: MediaType | None = None
     storage_path: PathText | None = None
     report_id: ReportId | None = None
 
     _lower_enums = field_validator("copy_type", "media_type", mode="before")(lower_text)
-
-
-class ParsedLog(_Body):
-    """What the agent extracted from a log itself (the contract's ``parsed_data``)."""
-
-    task_name: ShortText | None = None
-    status: Annotated[str, StringConstraints(max_length=64)]
-    start_time: UtcTime | None = None
-    end_time: UtcTime | None = None
-    duration: Seconds | None = None
-    backup_size: SizeBytes | None = None
-    error_message: LongText | None = None
-    details: LongText | None = None
 
 
 class RawEntries(_Body):
@@ -273,15 +263,7 @@ class RawEntries(_Body):
     xml: Annotated[str, StringConstraints(max_length=2_000_000)] | None = None
     data: Annotated[str, StringConstraints(max_length=2_800_000)] | None = None
     encoding: Literal["utf-8", "utf-16-le", "utf-16-be", "auto"] = "auto"
-    task_id: (
-        Annotated[
-            str,
-            StringConstraints(
-                pattern=r"^\{?[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}\}?$"
-            ),
-        ]
-        | None
-    ) = None
+    task_id: TaskGuid | None = None
 
     _lower_encoding = field_validator("encoding", mode="before")(lower_text)
 
