@@ -61,7 +61,11 @@ def create_processor_app(
         key_serializer="raw",
         value_serializer="raw",
         topic_replication_factor=1,
-        topic_allow_declare=True,
+        # The topics are created before the worker starts (ensure_topics). Letting Faust
+        # declare them again on every rebalance crashed the worker when the broker went away
+        # at that moment; it needs no leader topic either (no leader-only timers here).
+        topic_allow_declare=False,
+        topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_request_size=MAX_EVENT_BYTES,

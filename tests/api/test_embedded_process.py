@@ -14,6 +14,13 @@ import pytest
 from backuphub.cli import main
 
 
+@pytest.fixture(autouse=True)
+def keep_test_logging(monkeypatch):
+    """``main`` points the root logger at the stderr of the moment, which pytest swaps and
+    closes; later tests would then log into a closed file."""
+    monkeypatch.setattr("backuphub.logs.configure_logging", lambda level="INFO": None)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
