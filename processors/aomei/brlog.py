@@ -773,8 +773,9 @@ def _entries_from_texts(texts: Iterable[str], report: BrlogParseResult) -> Itera
 
 
 def _log_summary(report: BrlogParseResult) -> None:
-    """Log counts only; the payload itself is never logged."""
-    logger.info(
+    """Log counts only; the payload itself is never logged. Debug level: the processor parses
+    every raw-entries report, and a line per report would drown the service's log."""
+    logger.debug(
         "brlog read: %d entries, %d problems, encoding %s, truncated %s",
         report.entry_count,
         report.problem_count,
