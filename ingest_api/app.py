@@ -27,7 +27,7 @@ from ingest_api.auth_monitor import AlertEmitter, AuthFailureMonitor, LoggingEmi
 from ingest_api.publish import ReportSink, SinkUnavailable
 from ingest_api.registry import JobNotFound, JobRegistry, NameTaken
 from ingest_api.reports import ReportKind, report_event
-from processors.rules import HEARTBEAT_STATUSES, ReportRejected, decode_raw_entries
+from processors.rules import ReportRejected, decode_raw_entries, is_heartbeat
 from schemas.api import LogAnalysisRequest, RegisterRequest, StatusRequest
 from schemas.events import utc_now
 
@@ -217,7 +217,7 @@ def ingest_router(
     async def status(
         body: Annotated[StatusRequest, Depends(json_body(StatusRequest))],
     ) -> dict[str, Any]:
-        if body.status.strip().lower() in HEARTBEAT_STATUSES:
+        if is_heartbeat(body.status):
             return await heartbeat(body)
         report_id = await accept("status", body)
         return envelope(

@@ -29,16 +29,23 @@ class ReportRejected(ValueError):
     """A report whose content cannot become an execution (kept aside, never dropped)."""
 
 
+def status_key(reported: str | None) -> str:
+    """A reported status as it is compared: trimmed, without regard to case."""
+    return (reported or "").strip().lower()
+
+
+def is_heartbeat(reported: str | None) -> bool:
+    """Whether the status says a run is still in progress."""
+    return status_key(reported) in HEARTBEAT_STATUSES
+
+
 def normalise_status(reported: str | None) -> str:
     """Map a reported status onto success, failed or warning.
 
     ``unknown``, anything unrecognised and a missing status all become ``warning``: a run whose
     outcome is unclear must be looked at, but is not proven failed.
     """
-    if reported is None:
-        return "warning"
-
-    status = reported.strip().lower()
+    status = status_key(reported)
     return status if status in KNOWN_STATUSES else "warning"
 
 
@@ -97,7 +104,7 @@ def _from_fields(
     duration, flags = resolve_duration(start, end, fields.get("duration"))
     status = normalise_status(fields.get("status"))
 
-    if fields.get("status") is not None and fields["status"].strip().lower() not in KNOWN_STATUSES:
+    if fields.get("status") is not None and status_key(fields["status"]) not in KNOWN_STATUSES:
         flags.append("status_unrecognised")
 
     report_id = envelope.payload["report_id"]
@@ -196,7 +203,7 @@ def executions_from_report(envelope: EventEnvelope) -> list[ExecutionRecord]:
     body = envelope.payload["body"]
 
     if envelope.event_type == "report.status":
-        if str(body.get("status") or "").strip().lower() in HEARTBEAT_STATUSES:
+        if is_heartbeat(body.get("status")):
             return []  # a run in progress (the ingest API keeps these off the topic)
         return [_from_fields(envelope, body, body)]
 
