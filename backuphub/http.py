@@ -2,19 +2,22 @@
 request metrics and the ``/metrics`` endpoint.
 """
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backuphub.metrics import REPORTS_REJECTED, REQUESTS
+from backuphub.metrics import DATABASE_ERRORS, REPORTS_REJECTED, REQUESTS
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,18 @@ def job_not_found(job_id: int, status_code: int = 400) -> ApiError:
         errors=[{"field": "job_id", "message": f"no job with id {job_id}"}],
         code="job_not_found",
     )
+
+
+@contextlib.contextmanager
+def database_errors(service: str, action: str) -> Iterator[None]:
+    """Turn a database failure inside the block into the 500 the API documents, counted and
+    logged by its action; the transaction, if any, has been rolled back by then."""
+    try:
+        yield
+    except SQLAlchemyError as error:
+        DATABASE_ERRORS.labels(service).inc()
+        logger.error("database error", extra={"action": action, "error": type(error).__name__})
+        raise ApiError(500, "Database error, retry later") from error
 
 
 def envelope(success: bool, message: str, data: Any = None, **extra: Any) -> dict[str, Any]:

@@ -19,10 +19,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BeforeValidator
 from sqlalchemy import Connection, Engine, select, update
-from sqlalchemy.exc import SQLAlchemyError
 
-from backuphub.http import ApiError, envelope, job_not_found
-from backuphub.metrics import DATABASE_ERRORS
+from backuphub.http import ApiError, database_errors, envelope, job_not_found
 from consumers.alert_store import acknowledge_alert, list_alerts
 from consumers.query_api import bearer_check
 from processors.alerting import AlertKind
@@ -48,16 +46,12 @@ def alert_routers(
             yield
 
     def run(action: str, work: Callable[[Connection], Any], *, write: bool = False) -> Any:
-        try:
+        with database_errors("query", action):
             if not write:
                 with engine.connect() as connection:
                     return work(connection)
             with serialised(), engine.begin() as connection:
                 return work(connection)
-        except SQLAlchemyError as error:
-            DATABASE_ERRORS.labels("query").inc()
-            logger.error("database error", extra={"action": action, "error": type(error).__name__})
-            raise ApiError(500, "Database error, retry later") from error
 
     alerts = APIRouter(prefix="/api/v1/alerts")
 

@@ -8,10 +8,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Path, Query
 from pydantic import BeforeValidator
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from backuphub.http import ApiError, envelope, job_not_found
-from backuphub.metrics import AUTH_FAILURES, DATABASE_ERRORS
+from backuphub.http import ApiError, database_errors, envelope, job_not_found
+from backuphub.metrics import AUTH_FAILURES
 from backuphub.security import TokenRejected, verify_token
 from consumers.queries import job_detail, list_jobs
 from schemas.api import MAX_JOB_ID, MAX_OFFSET, lower_text
@@ -42,13 +41,8 @@ def query_router(engine: Engine, jwt_secret: str) -> APIRouter:
     router = APIRouter(prefix="/api/v1/aomei", dependencies=[Depends(bearer_check(jwt_secret))])
 
     def read(action: str, work: Callable[[Any], Any]) -> Any:
-        try:
-            with engine.connect() as connection:
-                return work(connection)
-        except SQLAlchemyError as error:
-            DATABASE_ERRORS.labels("query").inc()
-            logger.error("database error", extra={"action": action, "error": type(error).__name__})
-            raise ApiError(500, "Database error, retry later") from error
+        with database_errors("query", action), engine.connect() as connection:
+            return work(connection)
 
     @router.get("/jobs")
     async def jobs(
