@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -68,10 +68,11 @@ def envelope(success: bool, message: str, data: Any = None, **extra: Any) -> dic
     return {"success": success, "message": message, "data": data, **extra}
 
 
-def field_errors(error: RequestValidationError) -> list[dict[str, str]]:
-    """Each failing field as a dotted path with pydantic's reason, without the input value."""
+def field_errors(items: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Each failing field of pydantic's error list as a dotted path with pydantic's reason,
+    without the input value."""
     errors = []
-    for item in error.errors():
+    for item in items:
         if item.get("type") == "json_invalid":
             # The location of a JSON syntax error is a character offset, not a field.
             errors.append({"field": "body", "message": "the body is not valid JSON"})
@@ -81,23 +82,33 @@ def field_errors(error: RequestValidationError) -> list[dict[str, str]]:
     return errors
 
 
-async def _on_api_error(_request: Request, error: Exception) -> Response:
-    assert isinstance(error, ApiError)
+def error_body(error: ApiError) -> dict[str, Any]:
+    """The envelope of an ``ApiError`` answer."""
     body = envelope(False, error.message)
     if error.code is not None:
         body["code"] = error.code
     if error.errors is not None:
         body["errors"] = error.errors
-    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+    return body
+
+
+def invalid_request(items: Iterable[Mapping[str, Any]]) -> ApiError:
+    """The 400 for a body that failed validation, naming every failing field."""
+    errors = field_errors(items)
+    REPORTS_REJECTED.labels("validation").inc()
+    fields = ", ".join(sorted({item["field"] for item in errors}))
+    return ApiError(400, f"Invalid request data: {fields}", errors=errors)
+
+
+async def _on_api_error(_request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return JSONResponse(error_body(error), status_code=error.status_code, headers=error.headers)
 
 
 async def _on_validation_error(_request: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
-    errors = field_errors(error)
-    REPORTS_REJECTED.labels("validation").inc()
-    fields = ", ".join(sorted({item["field"] for item in errors}))
-    body = envelope(False, f"Invalid request data: {fields}", errors=errors)
-    return JSONResponse(body, status_code=400)
+    answer = invalid_request(error.errors())
+    return JSONResponse(error_body(answer), status_code=answer.status_code)
 
 
 async def _on_http_error(_request: Request, error: Exception) -> Response:

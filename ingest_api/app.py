@@ -1,8 +1,9 @@
 """The ingest API: validates agents' reports and hands them to a durable sink.
 
-The handlers are thin: authentication, body validation (pydantic, answered 400), a job check,
-then ``sink.submit``. A 200 means the report is durable; a 503 with ``Retry-After`` means it
-was not and must be sent again.
+The report POSTs are served by ``ingest_api.gateway`` in front of this FastAPI app and handled
+by ``ingest_api.intake``; registration, the key check (``/ping``), health and metrics are
+FastAPI routes. A 200 means the report is durable; a 503 with ``Retry-After`` means it was not
+and must be sent again.
 """
 
 import asyncio
@@ -10,30 +11,24 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backuphub.http import ApiError, envelope, install_common, job_not_found
-from backuphub.metrics import AUTH_FAILURES, DATABASE_ERRORS, REPORTS_ACCEPTED, REPORTS_REJECTED
+from backuphub.metrics import AUTH_FAILURES, REPORTS_REJECTED
 from backuphub.security import ApiKeys
 from ingest_api.auth_monitor import AlertEmitter, AuthFailureMonitor, LoggingEmitter
-from ingest_api.publish import ReportSink, SinkUnavailable
+from ingest_api.gateway import PREFIX, ReportGateway, describe_report_routes
+from ingest_api.intake import ReportIntake, database_failure
+from ingest_api.publish import ReportSink
 from ingest_api.registry import JobNotFound, JobRegistry, NameTaken
-from ingest_api.reports import ReportKind, report_event
-from processors.rules import ReportRejected, decode_raw_entries, is_heartbeat
-from schemas.api import LogAnalysisRequest, RegisterRequest, StatusRequest
-from schemas.events import utc_now
+from schemas.api import RegisterRequest
 
 logger = logging.getLogger(__name__)
-
-BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
 def _api_key_check(keys: ApiKeys, alarms: "AuthAlarms") -> Callable[..., Any]:
@@ -94,102 +89,10 @@ class AuthAlarms:
         await self.emitter.stop()
 
 
-def json_body(model: type[BodyT]) -> Callable[[Request], Any]:
-    """A dependency that reads the request body as ``model`` with pydantic's own JSON parser.
-
-    FastAPI's body parameters decode JSON with the standard library and then validate the
-    Python objects field by field; this does both in one pass in pydantic-core. A failure is
-    the same ``RequestValidationError`` (located under ``body``), so the 400 is unchanged.
-    """
-
-    async def parse(request: Request) -> BodyT:
-        try:
-            return model.model_validate_json(await request.body())
-        except ValidationError as error:
-            errors = [
-                {**item, "loc": ("body", *item.get("loc", ()))}
-                for item in error.errors(include_url=False, include_context=False)
-            ]
-            raise RequestValidationError(errors) from None
-
-    return parse
-
-
-def _inline_definitions(schema: dict[str, Any]) -> dict[str, Any]:
-    """The JSON schema with its ``$defs`` written in place (the bodies are not recursive)."""
-    definitions = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, list):
-            return [resolve(item) for item in node]
-        if not isinstance(node, dict):
-            return node
-        reference = node.get("$ref", "")
-        if reference.startswith("#/$defs/"):
-            rest = {key: value for key, value in node.items() if key != "$ref"}
-            return {**resolve(definitions[reference.rsplit("/", 1)[1]]), **resolve(rest)}
-        return {key: resolve(value) for key, value in node.items()}
-
-    resolved: dict[str, Any] = resolve(schema)
-    return resolved
-
-
-def _request_body(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI description of a body read by ``json_body`` (FastAPI cannot see it)."""
-    schema = _inline_definitions(model.model_json_schema())
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": schema}},
-        }
-    }
-
-
-def _database_failure(error: SQLAlchemyError, action: str) -> ApiError:
-    DATABASE_ERRORS.labels("ingest").inc()
-    logger.error("database error", extra={"action": action, "error": type(error).__name__})
-    return ApiError(500, "Database error: the change was rolled back, retry later")
-
-
-def ingest_router(
-    keys: ApiKeys,
-    registry: JobRegistry,
-    sink: ReportSink,
-    retry_after: int,
-    alarms: AuthAlarms | None = None,
-) -> Any:
-    """The three POST endpoints the agents call."""
-    check = _api_key_check(keys, alarms or AuthAlarms())
-    router = APIRouter(prefix="/api/v1/aomei", dependencies=[Depends(check)])
-
-    async def accept(kind: ReportKind, body: StatusRequest | LogAnalysisRequest) -> str:
-        try:
-            known = await registry.exists(body.job_id)
-        except SQLAlchemyError as error:
-            raise _database_failure(error, "job lookup") from error
-        if not known:
-            REPORTS_REJECTED.labels("unknown_job").inc()
-            raise job_not_found(body.job_id)
-
-        event = report_event(kind, body, utc_now())
-        try:
-            await sink.submit(event)
-        except SQLAlchemyError as error:
-            raise _database_failure(error, "store report") from error
-        except SinkUnavailable as error:
-            REPORTS_REJECTED.labels("unavailable").inc()
-            logger.warning(
-                "report not accepted",
-                extra={"job_id": body.job_id, "event_id": event.event_id, "error": str(error)},
-            )
-            raise ApiError(
-                503,
-                "The report could not be stored right now; send it again later",
-                headers={"Retry-After": str(retry_after)},
-            ) from error
-
-        REPORTS_ACCEPTED.labels(kind).inc()
-        return str(event.payload["report_id"])
+def agent_router(keys: ApiKeys, registry: JobRegistry, alarms: AuthAlarms) -> APIRouter:
+    """The agents' routes other than reports: registration and the key check."""
+    check = _api_key_check(keys, alarms)
+    router = APIRouter(prefix=PREFIX, dependencies=[Depends(check)])
 
     @router.post("/register")
     async def register(body: RegisterRequest) -> dict[str, Any]:
@@ -202,7 +105,7 @@ def ingest_router(
                 400, str(error), errors=[{"field": "task_name", "message": str(error)}]
             ) from error
         except SQLAlchemyError as error:
-            raise _database_failure(error, "register") from error
+            raise database_failure(error, "register") from error
 
         logger.info("job registered", extra={"job_id": job.job_id, "job_created": job.created})
         data = {"job_id": job.job_id, "job_name": job.job_name, "backup_tool": "aomei"}
@@ -212,48 +115,6 @@ def ingest_router(
     async def ping() -> dict[str, Any]:
         """Lets an agent check its key and the address without sending a report."""
         return envelope(True, "API key accepted")
-
-    @router.post("/status", openapi_extra=_request_body(StatusRequest))
-    async def status(
-        body: Annotated[StatusRequest, Depends(json_body(StatusRequest))],
-    ) -> dict[str, Any]:
-        if is_heartbeat(body.status):
-            return await heartbeat(body)
-        report_id = await accept("status", body)
-        return envelope(
-            True, f"Status updated successfully for job {body.job_id}", {"report_id": report_id}
-        )
-
-    async def heartbeat(body: StatusRequest) -> dict[str, Any]:
-        """A run in progress: noted on the job (see ``record_heartbeat``), not an execution."""
-        try:
-            found = await registry.heartbeat(body.job_id, utc_now())
-        except SQLAlchemyError as error:
-            raise _database_failure(error, "heartbeat") from error
-        if not found:
-            REPORTS_REJECTED.labels("unknown_job").inc()
-            raise job_not_found(body.job_id)
-        REPORTS_ACCEPTED.labels("heartbeat").inc()
-        logger.debug("heartbeat", extra={"job_id": body.job_id})
-        return envelope(True, f"Heartbeat recorded for job {body.job_id}", {"running": True})
-
-    @router.post("/log-analysis", openapi_extra=_request_body(LogAnalysisRequest))
-    async def log_analysis(
-        body: Annotated[LogAnalysisRequest, Depends(json_body(LogAnalysisRequest))],
-    ) -> dict[str, Any]:
-        if body.raw_entries is not None:
-            try:
-                await asyncio.to_thread(decode_raw_entries, body.raw_entries.model_dump())
-            except ReportRejected as error:
-                REPORTS_REJECTED.labels("validation").inc()
-                raise ApiError(
-                    400,
-                    f"Invalid request data: {error}",
-                    errors=[{"field": "raw_entries", "message": str(error)}],
-                ) from error
-
-        report_id = await accept("log_analysis", body)
-        return envelope(True, "Log analysis processed successfully", {"report_id": report_id})
 
     return router
 
@@ -265,52 +126,6 @@ def database_reachable(engine: Engine) -> bool:
     except SQLAlchemyError:
         return False
     return True
-
-
-REPORT_PATHS = frozenset(
-    {"/api/v1/aomei/register", "/api/v1/aomei/status", "/api/v1/aomei/log-analysis"}
-)
-
-
-class ReportAdmission:
-    """Sheds load before it queues: at most ``limit`` agent POSTs are handled at once by this
-    process, and one more is answered 503 with ``Retry-After`` straight away.
-
-    Without it a flood (thousands of agents retrying together after an outage) is taken in
-    whole, and every request waits behind all the others, far past the publish timeout that is
-    meant to bound it. With it the admitted requests stay fast and the rest are told when to
-    come back, which is what a 503 already means to the agents. Plain ASGI: a refusal costs
-    no routing, no body read and no validation.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int, retry_after: int) -> None:
-        self.app = app
-        self.limit = limit
-        self.in_flight = 0
-        body = orjson.dumps(envelope(False, "Too many reports at once; send it again later"))
-        self.refusal_body = body
-        self.refusal_headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(retry_after).encode()),
-        ]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in REPORT_PATHS:
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight >= self.limit:
-            REPORTS_REJECTED.labels("overloaded").inc()
-            await send(
-                {"type": "http.response.start", "status": 503, "headers": self.refusal_headers}
-            )
-            await send({"type": "http.response.body", "body": self.refusal_body})
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
 
 
 def create_ingest_app(
@@ -329,7 +144,7 @@ def create_ingest_app(
 
     ``background`` holds coroutine functions run for the app's lifetime (the embedded mode's
     missing-backup check); they are cancelled at shutdown. ``max_in_flight`` bounds the agent
-    POSTs handled at once (``ReportAdmission``).
+    POSTs handled at once (``ReportGateway``).
     """
     alarms = alarms or AuthAlarms()
 
@@ -348,10 +163,26 @@ def create_ingest_app(
 
     app = FastAPI(title="backuphub ingest", lifespan=lifespan)
     install_common(app, service)
-    app.add_middleware(ReportAdmission, limit=max_in_flight, retry_after=retry_after)
-    app.include_router(ingest_router(keys, registry, sink, retry_after, alarms))
+    app.add_middleware(
+        ReportGateway,
+        keys=keys,
+        intake=ReportIntake(registry, sink, retry_after),
+        alarms=alarms,
+        limit=max_in_flight,
+        retry_after=retry_after,
+        service=service,
+    )
+    app.include_router(agent_router(keys, registry, alarms))
     for router in extra_routers:
         app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            app.openapi_schema = describe_report_routes(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/health", include_in_schema=False)
     async def health(request: Request) -> Any:

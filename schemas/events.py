@@ -9,7 +9,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
@@ -51,7 +50,8 @@ class EventEnvelope(BaseModel):
     payload: dict[str, Any]
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"))
+        # pydantic-core's own JSON writer: no intermediate dict of the whole event.
+        return self.__pydantic_serializer__.to_json(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "EventEnvelope":

@@ -301,6 +301,30 @@ def test_a_body_over_the_limit_is_a_413(client, agent_headers):
     assert response.json()["success"] is False
 
 
+def test_a_chunked_body_over_the_limit_is_a_413(client, agent_headers):
+    def chunks():
+        yield b'{"job_id": 1, "status": "'
+        for _ in range(9):
+            yield b"x" * (1024 * 1024)
+        yield b'"}'
+
+    response = client.post("/api/v1/aomei/log-analysis", content=chunks(), headers=agent_headers)
+
+    assert response.status_code == 413
+    assert response.json()["success"] is False
+
+
+def test_the_openapi_page_describes_the_report_routes(client):
+    paths = client.get("/openapi.json").json()["paths"]
+
+    for path in ("/api/v1/aomei/status", "/api/v1/aomei/log-analysis"):
+        operation = paths[path]["post"]
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert "job_id" in schema["properties"]
+        assert {"200", "400", "401", "503"} <= set(operation["responses"])
+    assert "post" in paths["/api/v1/aomei/register"]
+
+
 def test_paging_beyond_any_page_is_a_400_not_a_500(client, viewer_headers):
     response = client.get(f"/api/v1/aomei/jobs?offset={10**20}", headers=viewer_headers)
 
@@ -519,4 +543,5 @@ def test_metrics_are_exposed(client, agent_headers):
     text_body = client.get("/metrics").text
 
     assert "backuphub_http_requests_total" in text_body
+    assert 'code="401",endpoint="/api/v1/aomei/status"' in text_body
     assert "backuphub_auth_failures_total" in text_body
