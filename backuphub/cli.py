@@ -176,19 +176,19 @@ def _process(args: argparse.Namespace) -> int:
     from processors.app import run_processor
 
     settings = _distributed_settings()
-    sys.argv = [sys.argv[0], "worker"]  # Faust's worker reads its own command line
     run_processor(settings, web_host=args.host, web_port=args.port)
     return 0
 
 
 def _persist(args: argparse.Namespace) -> int:
     from backuphub.database import make_engine, migrate
+    from backuphub.loop import run
     from consumers.service import serve_persister
 
     settings = _distributed_settings("jwt_secret", "database_url")
     engine = make_engine(settings.database_url)
     migrate(engine)
-    asyncio.run(serve_persister(settings, engine, args.host, args.port))
+    run(serve_persister(settings, engine, args.host, args.port))
     return 0
 
 
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(handler=_ingest)
 
-    process = commands.add_parser("process", help="run the Faust stream processors")
+    process = commands.add_parser("process", help="run the stream processor: reports to executions")
     process.add_argument("--host", default="127.0.0.1", help="metrics and health address")
     process.add_argument("--port", type=int, default=8001, help="metrics and health port")
     process.set_defaults(handler=_process)

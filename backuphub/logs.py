@@ -28,5 +28,5 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiokafka", "faust", "mode", "uvicorn.access"):
+    for noisy in ("aiokafka", "uvicorn.access"):
         logging.getLogger(noisy).setLevel("WARNING")

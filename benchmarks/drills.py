@@ -268,8 +268,9 @@ def drill_processor_kill(workdir: Path) -> dict[str, Any]:
         agents = Agents(deployment.ingest.url, jobs, workdir, "processor", rate=400, duration=60)
         time.sleep(5)
         for round_ in range(3):
-            # Faust commits its input offsets every 2.8 s; killing at a moment in between leaves
-            # output written whose input is not committed: the restart processes it again.
+            # The processor commits a batch's input after its outputs are acknowledged; a kill
+            # in between leaves output written whose input is not committed, and the restart
+            # processes it again (tests/integration/test_faults.py forces that case).
             time.sleep(4.0 + 0.7 * round_)
             processor.kill()
             kills += 1

@@ -365,8 +365,7 @@ def delete_topics(bootstrap: str, prefix: str) -> None:
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            # Faust's own topic too: its app id, and so the topic name, follows the prefix.
-            wanted = [*Topics(prefix).all(), f"{prefix}processor-__assignor-__leader"]
+            wanted = Topics(prefix).all()
             names = [name for name in wanted if name in existing]
             if names:
                 await admin.delete_topics(names, timeout_ms=5000)
@@ -710,7 +709,7 @@ def machine() -> dict[str, Any]:
     versions = {}
     for package in (
         "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic", "aiokafka",
-        "faust-streaming", "sqlalchemy", "psycopg", "orjson",
+        "sqlalchemy", "psycopg", "orjson",
     ):  # fmt: skip
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)

@@ -71,7 +71,7 @@ def render(results: dict[str, Any]) -> str:
         f"Versions: Python {versions.get('python')}, Kafka {versions.get('kafka')}, "
         f"PostgreSQL {versions.get('postgresql')}, FastAPI {versions.get('fastapi')}, "
         f"uvicorn {versions.get('uvicorn')}, aiokafka {versions.get('aiokafka')}, "
-        f"faust-streaming {versions.get('faust-streaming')}, SQLAlchemy "
+        f"uvloop {versions.get('uvloop')}, SQLAlchemy "
         f"{versions.get('sqlalchemy')}, psycopg {versions.get('psycopg')}.",
         f"Run started {results.get('started')}; plan: {results.get('plan')}.",
         *([results["note"]] if results.get("note") else []),

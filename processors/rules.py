@@ -1,6 +1,6 @@
 """The processing rules, as plain functions: status, duration, execution date, copies.
 
-Both runtimes call these: the Faust agents in the distributed deployment and the in-process
+Both runtimes call these: the stream processor of the distributed deployment and the in-process
 pipeline of the embedded one. Nothing here does I/O.
 """
 

@@ -109,7 +109,7 @@ class ServiceProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "backuphub.cli", *self.command],
                 env=self.env,
-                cwd=self.workdir,  # Faust keeps a data folder in its working directory
+                cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -179,7 +179,7 @@ class ServiceProcess:
 
 @dataclass
 class ServiceTrio:
-    """Ingest API, Faust processor and persister of one deployment (one topic prefix)."""
+    """Ingest API, stream processor and persister of one deployment (one topic prefix)."""
 
     bootstrap_servers: str
     database_url: str
@@ -368,6 +368,25 @@ def rewind_group(bootstrap_servers: str, group_id: str, topic: str, timeout: flo
             await consumer.stop()
 
     return asyncio.run(asyncio.wait_for(rewind(), timeout=timeout + 20))
+
+
+def topic_end_offsets(bootstrap_servers: str, topic: str) -> int:
+    """How many events were ever written to ``topic`` (the sum of its end offsets)."""
+
+    async def count() -> int:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from backuphub.kafka_topics import PARTITIONS
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, number) for number in range(PARTITIONS)]
+            return int(sum((await consumer.end_offsets(partitions)).values()))
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(asyncio.wait_for(count(), timeout=20))
 
 
 @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 * the broker dies under load (killed with SIGKILL and started again);
 * the persister dies with SIGKILL inside a write, and its restart replays stored executions;
+* the processor dies after publishing executions but before committing its input, and its
+  restart publishes them again;
 * an agent replays one report a hundred times at once.
 
 All of it runs on a broker of the module's own (``private_kafka``), never the shared one.
@@ -25,6 +27,7 @@ import pytest
 from sqlalchemy import Engine
 
 from consumers.persister import persister_group
+from processors.stream import processor_group
 from schemas.topics import Topics
 from tests.integration.conftest import TrioFactory
 from tests.integration.running_services import (
@@ -39,6 +42,7 @@ from tests.integration.running_services import (
     rewind_group,
     rows_per_report,
     settle,
+    topic_end_offsets,
     wait_for_reports,
     wait_until,
 )
@@ -340,6 +344,51 @@ def test_persister_killed_mid_write_stores_each_execution_once(
         f"restart; all {count} stored once (rewind {restarting - rewinding:.1f} s, restart and "
         f"drain {drained - restarting:.1f} s)"
     )
+    agent.close()
+
+
+def test_processor_killed_between_publishing_and_committing_adds_no_row(
+    trio: ServiceTrio, db: Engine
+) -> None:
+    """Outputs published, input offsets lost: the restart publishes every execution again and
+    the persister keeps one row per report."""
+    count = 500
+    agent = trio.agent()
+    job_id = agent.register(unique("Processor drill"), unique("srv-processor"))
+    run = unique("processor")
+    bodies = [status_body(job_id, f"{run}-{n:05d}") for n in range(count)]
+    for body in bodies:
+        agent.accepted("status", body)
+    wait_for_reports(db, job_id, (body["report_id"] for body in bodies), STORED_DEADLINE)
+
+    # The crash between the two steps: SIGKILL, then the group's offsets put back to the start
+    # of the reports topic, as if no commit after the outputs had ever reached the broker.
+    topics = Topics(trio.topic_prefix)
+    executions_topic = topics.executions
+    published_before = topic_end_offsets(trio.bootstrap_servers, executions_topic)
+    trio.processor.kill()
+    group = processor_group(topics)
+    replayed = rewind_group(trio.bootstrap_servers, group, topics.reports, timeout=40)
+    assert replayed >= count
+
+    trio.processor.start()
+    trio.processor.wait_healthy(60)
+    wait_until(
+        lambda: (
+            topic_end_offsets(trio.bootstrap_servers, executions_topic)
+            >= published_before + replayed
+        ),
+        timeout=STORED_DEADLINE,
+        what="the replayed reports' executions on the topic",
+        interval=0.5,
+    )
+    marker = settle(agent, db, job_id)
+
+    stored = rows_per_report(db, job_id)
+    stored.pop(marker)
+    assert set(stored) == {body["report_id"] for body in bodies}
+    assert set(stored.values()) == {1}, "a replayed execution stored twice"
+    assert execution_count(db, job_id) == count + 1
     agent.close()
 
 

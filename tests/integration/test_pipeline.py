@@ -1,6 +1,6 @@
 """The whole pipeline on the real broker and PostgreSQL: agent reports in, jobs API out.
 
-Every report goes ingest -> Kafka -> Faust processor -> Kafka -> persister -> PostgreSQL, and
+Every report goes ingest -> Kafka -> stream processor -> Kafka -> persister -> PostgreSQL, and
 is read back through the JWT-protected GET endpoints or counted in the database itself.
 """
 

@@ -5,14 +5,16 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from backuphub.security import ApiKeys
 from backuphub.settings import Settings
-from ingest_api.app import ReportAdmission
-from processors.app import processor_app_id
+from ingest_api.gateway import ReportGateway
+from processors.stream import processor_group
 from schemas.topics import Topics
 
 
-def _call(app: Any, path: str) -> list[dict[str, Any]]:
-    scope = {"type": "http", "method": "POST", "path": path, "headers": []}
+def _call(app: Any, path: str, method: str = "POST") -> list[dict[str, Any]]:
+    headers = [(b"x-api-key", b"agent-key")]
+    scope = {"type": "http", "method": method, "path": path, "headers": headers}
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -25,6 +27,16 @@ def _call(app: Any, path: str) -> list[dict[str, Any]]:
     return sent
 
 
+class _Intake:
+    """Stands in for ``ReportIntake``: every report is accepted."""
+
+    async def status(self, _body: Any) -> dict[str, Any]:
+        return {"success": True}
+
+    async def log_analysis(self, _body: Any) -> dict[str, Any]:
+        return {"success": True}
+
+
 def test_a_full_ingest_answers_503_with_retry_after_at_once() -> None:
     reached: list[str] = []
 
@@ -33,18 +45,28 @@ def test_a_full_ingest_answers_503_with_retry_after_at_once() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    admission = ReportAdmission(inner, limit=1, retry_after=7)
-    assert _call(admission, "/api/v1/aomei/status")[0]["status"] == 200
+    gateway = ReportGateway(
+        inner,
+        keys=ApiKeys(["agent-key"]),
+        intake=_Intake(),  # type: ignore[arg-type]
+        alarms=None,
+        limit=1,
+        retry_after=7,
+    )
+    # An empty object is not a valid status report: the gateway itself answers 400.
+    assert _call(gateway, "/api/v1/aomei/status")[0]["status"] == 400
+    assert _call(gateway, "/api/v1/aomei/register")[0]["status"] == 200
 
-    admission.in_flight = 1  # one report is being handled
-    refused = _call(admission, "/api/v1/aomei/status")
-    assert refused[0]["status"] == 503
-    assert (b"retry-after", b"7") in refused[0]["headers"]
-    assert reached == ["/api/v1/aomei/status"]
+    gateway.in_flight = 1  # one report is being handled
+    for path in ("/api/v1/aomei/status", "/api/v1/aomei/log-analysis", "/api/v1/aomei/register"):
+        refused = _call(gateway, path)
+        assert refused[0]["status"] == 503
+        assert (b"retry-after", b"7") in refused[0]["headers"]
+    assert reached == ["/api/v1/aomei/register"]
 
     # Reads and health checks are never refused.
-    assert _call(admission, "/health")[0]["status"] == 200
-    assert admission.in_flight == 1
+    assert _call(gateway, "/health", method="GET")[0]["status"] == 200
+    assert gateway.in_flight == 1
 
 
 def test_the_in_flight_bound_comes_from_the_environment() -> None:
@@ -53,9 +75,9 @@ def test_the_in_flight_bound_comes_from_the_environment() -> None:
 
 
 def test_deployments_on_one_broker_get_their_own_processor_group() -> None:
-    assert processor_app_id(Topics()) == "backuphub-processor"  # existing offsets kept
-    assert processor_app_id(Topics("it1234.")) == "it1234.processor"
-    assert processor_app_id(Topics("a.")) != processor_app_id(Topics("b."))
+    assert processor_group(Topics()) == "backuphub-processor"  # existing offsets kept
+    assert processor_group(Topics("it1234.")) == "it1234.processor"
+    assert processor_group(Topics("a.")) != processor_group(Topics("b."))
 
 
 def test_metrics_of_several_ingest_workers_are_summed(tmp_path: Any, monkeypatch: Any) -> None:

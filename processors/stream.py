@@ -1,0 +1,216 @@
+"""The stream processor: reports in, normalised executions out, offsets committed after both.
+
+A plain consume-process-produce loop on aiokafka around the rules in ``processors.rules``:
+
+1. take a batch of reports (up to ``MAX_BATCH``, whatever one poll returns);
+2. run the rules on each; a report they refuse goes to the dead-letter topic as it came;
+3. publish every execution, keyed by job id so a job's runs stay in order on one partition;
+4. wait until the broker has acknowledged all of them (``acks=all``, idempotent producer);
+5. only then commit the batch's input offsets.
+
+A crash anywhere before step 5 replays the batch. The executions' ids are derived from the
+report, so the replay publishes the same ids and the persister writes each run once. When a
+publish fails (the broker gone longer than the producer's own retries), the batch is not
+committed: the same batch is processed and published again, with back-off, until the broker
+takes it (or the processor stops, leaving the batch to whoever resumes from the offsets).
+
+This is not a Faust app. Under the benchmark's load Faust's per-event machinery (its consumer
+thread, conductor, stream and attached sends) cost about nine times the CPU of the rules
+themselves, and its assignor could leave a worker without partitions after a broker restart
+until the next rebalance (docs/DESIGN.md, "Where the CPU goes"). The loop needs neither
+tables nor windows: each report is processed on its own.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from pydantic import ValidationError
+
+from backuphub.kafka_topics import MAX_EVENT_BYTES, ensure_topics, start_when_reachable
+from backuphub.metrics import CONSUMER_LAG, EVENTS_FAILED, EVENTS_PROCESSED
+from processors.rules import ReportRejected, process_report
+from schemas.events import EventEnvelope
+from schemas.topics import DEFAULT_PREFIX, Topics
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "processors"
+MAX_BATCH = 1000
+
+
+def processor_group(topics: Topics) -> str:
+    """The processor's consumer group.
+
+    Deployments that share a broker under different topic prefixes must not share a group:
+    each would take part in the other's rebalances and could be handed partitions of topics it
+    does not read. The default prefix keeps the id earlier releases used, so an existing
+    deployment resumes from its committed offsets.
+    """
+    if topics.prefix == DEFAULT_PREFIX:
+        return "backuphub-processor"
+    return f"{topics.prefix}processor"
+
+
+class PublishFailed(RuntimeError):
+    """An output of the batch was not acknowledged by the broker; the batch is redone."""
+
+
+class ReportProcessor:
+    """Consumes the reports topic and publishes each report's executions."""
+
+    def __init__(self, bootstrap_servers: str, topics: Topics) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topics = topics
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._stopping = asyncio.Event()
+        # When the current run of failed publishes began; None while they succeed.
+        self.failing_since: float | None = None
+
+    async def _connect(self) -> None:
+        await ensure_topics(self.bootstrap_servers, self.topics, timeout=3600)
+
+        def producer() -> AIOKafkaProducer:
+            return AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,
+                # A batch's executions leave together: a few ms of linger fill produce
+                # requests instead of sending one per execution.
+                linger_ms=5,
+                max_batch_size=256 * 1024,
+                max_request_size=MAX_EVENT_BYTES,
+                client_id="backuphub-processor",
+            )
+
+        def consumer() -> AIOKafkaConsumer:
+            return AIOKafkaConsumer(
+                self.topics.reports,
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=processor_group(self.topics),
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=4 * 1024 * 1024,
+                client_id="backuphub-processor",
+            )
+
+        self.producer = await start_when_reachable(
+            producer, name="processor producer", stopping=self._stopping
+        )
+        self.consumer = await start_when_reachable(
+            consumer, name="processor consumer", stopping=self._stopping
+        )
+
+    def assigned_partitions(self) -> int:
+        """How many partitions of the reports topic this processor holds right now."""
+        if self.consumer is None:
+            return 0
+        return sum(1 for tp in self.consumer.assignment() if tp.topic == self.topics.reports)
+
+    def publishing_stalled(self, after_seconds: float = 30.0) -> bool:
+        """Whether publishes have been failing for longer than ``after_seconds``."""
+        since = self.failing_since
+        return since is not None and time.monotonic() - since > after_seconds
+
+    async def _publish(self, records: list[ConsumerRecord]) -> None:
+        """Publish the outputs of ``records`` and wait for the broker to acknowledge them."""
+        assert self.producer is not None
+        producer = self.producer
+        deliveries: list[asyncio.Future[Any]] = []
+        statuses: list[str] = []
+
+        for record in records:
+            try:
+                report = EventEnvelope.from_bytes(record.value)
+                events = process_report(report, SOURCE)
+            except (ValidationError, ReportRejected, ValueError) as error:
+                EVENTS_FAILED.labels("process").inc()
+                logger.error(
+                    "report set aside",
+                    extra={"key": record.key, "offset": record.offset, "error": str(error)[:300]},
+                )
+                headers = [("reason", str(error)[:500].encode())]
+                deliveries.append(
+                    await producer.send(
+                        self.topics.dead_letters, record.value, key=record.key, headers=headers
+                    )
+                )
+                continue
+
+            for event in events:
+                deliveries.append(
+                    await producer.send(
+                        self.topics.executions, event.to_bytes(), key=str(event.job_id).encode()
+                    )
+                )
+                statuses.append(event.payload["status"])
+
+        results = await asyncio.gather(*deliveries, return_exceptions=True)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            raise PublishFailed(f"{len(failures)} of {len(results)} not acknowledged") from (
+                failures[0]
+            )
+
+        for status in statuses:
+            EVENTS_PROCESSED.labels(status).inc()
+
+    async def _handle(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> None:
+        records = [record for partition in batches.values() for record in partition]
+        delay = 0.5
+        while True:
+            try:
+                await self._publish(records)
+            except (PublishFailed, KafkaError) as error:
+                if self._stopping.is_set():
+                    return  # not committed: the batch is replayed after the restart
+                self.failing_since = self.failing_since or time.monotonic()
+                logger.warning(
+                    "publishing failed, the batch is processed again",
+                    extra={"error": repr(error)[:300], "reports": len(records), "delay": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self.failing_since = None
+            break
+
+        try:
+            await consumer.commit(
+                {partition: taken[-1].offset + 1 for partition, taken in batches.items()}
+            )
+        except (CommitFailedError, KafkaError) as error:
+            # The outputs are published; whoever takes these partitions replays the batch and
+            # publishes the same ids again, which downstream already ignores.
+            logger.warning("offset commit failed", extra={"error": str(error)})
+
+        for partition, taken in batches.items():
+            end = consumer.highwater(partition) or 0
+            lag = max(0, end - (taken[-1].offset + 1))
+            CONSUMER_LAG.labels(partition.topic, str(partition.partition)).set(lag)
+
+    async def run(self) -> None:
+        await self._connect()
+        if self.consumer is None:
+            return
+        consumer = self.consumer
+        logger.info("processor consuming", extra={"topic": self.topics.reports})
+
+        while not self._stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
+            if batches:
+                await self._handle(consumer, batches)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for client in (self.consumer, self.producer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
