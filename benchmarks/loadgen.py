@@ -75,6 +75,7 @@ class ReportFactory:
         default_factory=lambda: {"status": 0.70, "parsed": 0.25, "raw": 0.05}
     )
     sequence: int = 0
+    last_entry_time: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.random = random.Random(self.seed)
@@ -83,6 +84,18 @@ class ReportFactory:
         self.statuses = [s for s, _ in STATUS_WEIGHTS]
         self.status_weights = [w for _, w in STATUS_WEIGHTS]
         self.base_time = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+
+    def entry_time(self, job_id: int) -> int:
+        """A history entry's time, a day ago and never the same twice for one job.
+
+        The pipeline identifies a history entry by its job, task and time, as AOMEI does; two
+        reports that shared one would be one run, and the exactly-once count would miss one of
+        their report ids. Each generator process has jobs of its own, and a later phase (a new
+        process) starts from a later clock, so the times stay apart across phases too.
+        """
+        epoch = max(int(time.time()) - 86_400, self.last_entry_time.get(job_id, 0) + 1)
+        self.last_entry_time[job_id] = epoch
+        return epoch
 
     def next_report_id(self) -> str:
         self.sequence += 1
@@ -102,7 +115,7 @@ class ReportFactory:
         task = f"System Backup {job_id}"
 
         if kind == "raw":
-            epoch = int(end.timestamp()) + self.sequence  # one history entry, its own time
+            epoch = self.entry_time(job_id)
             result, code = ("Failed", 4103) if status == "failed" else ("Success", 0)
             guid = f"3f2504e0-4f89-41d3-9a0c-{job_id:012d}"
             xml = (
