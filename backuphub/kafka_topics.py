@@ -95,3 +95,17 @@ async def start_when_reachable(
             continue
         return client
     return None
+
+
+async def events_written(bootstrap_servers: str, topic: str) -> int:
+    """How many events were ever written to ``topic``: the sum of its partitions' end offsets
+    (what the fault drills compare before and after a replay)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, request_timeout_ms=10000)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, number) for number in range(PARTITIONS)]
+        return int(sum((await consumer.end_offsets(partitions)).values()))
+    finally:
+        await consumer.stop()

@@ -260,9 +260,19 @@ def measure_deployment(deployment: Deployment, plan: Plan, workdir: Path) -> dic
         }
         log(f"{deployment.name}: sustained {result['sustained']['accepted_per_s']}/s")
 
-        # Let the backlog of the closed-loop phase drain before the fixed-rate phase.
-        drained = harness.wait_persisted(deployment.database_url, acknowledged, timeout=300)
+        # Let the backlog of the closed-loop phase drain before the fixed-rate phase. How long
+        # that takes says whether the processor and the persister kept up with the ingest:
+        # the stored rate counts the phase until its last acknowledged report was stored.
+        draining = time.monotonic()
+        drained = harness.wait_persisted(
+            deployment.database_url, acknowledged, timeout=300, every=0.25
+        )
+        drain_s = time.monotonic() - draining
         result["drained_after_sustained"] = drained["missing"] == 0
+        result["sustained"]["drain_after_s"] = round(drain_s, 2)
+        result["sustained"]["stored_per_s"] = round(
+            result["sustained"]["accepted"] / (sustained.elapsed + drain_s), 1
+        )
 
         watching = deployment.name == "distributed"
         watcher = RowWatcher(deployment.database_url) if watching else None

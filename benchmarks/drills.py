@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from backuphub.kafka_topics import PARTITIONS
+from backuphub.kafka_topics import events_written
 from benchmarks import harness
 from benchmarks.bench_pipeline import Attempt, LoadResult, percentile
 from benchmarks.harness import API_KEY, SHARED_KAFKA, Deployment, log
@@ -165,20 +165,8 @@ def trio(
 
 
 def topic_end_offsets(bootstrap: str, topic: str) -> int:
-    """The number of messages ever written to ``topic`` (sum of its end offsets)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    async def count() -> int:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10000)
-        await consumer.start()
-        try:
-            partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-            ends = await consumer.end_offsets(partitions)
-            return int(sum(ends.values()))
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(asyncio.wait_for(count(), timeout=30))
+    """The number of messages ever written to ``topic``."""
+    return asyncio.run(asyncio.wait_for(events_written(bootstrap, topic), timeout=30))
 
 
 # --- the drills ------------------------------------------------------------------------------

@@ -680,7 +680,9 @@ def rows_for(database_url: str, report_ids: Iterable[str]) -> dict[str, Any]:
     }
 
 
-def wait_persisted(database_url: str, report_ids: Iterable[str], timeout: float) -> dict[str, Any]:
+def wait_persisted(
+    database_url: str, report_ids: Iterable[str], timeout: float, every: float = 1.0
+) -> dict[str, Any]:
     """Wait (bounded) until every acknowledged report has a row; the final count."""
     wanted = list(report_ids)
     deadline = time.monotonic() + timeout
@@ -688,7 +690,7 @@ def wait_persisted(database_url: str, report_ids: Iterable[str], timeout: float)
         counted = rows_for(database_url, wanted)
         if counted["missing"] == 0 or time.monotonic() > deadline:
             return counted
-        time.sleep(1.0)
+        time.sleep(every)
 
 
 # --- the machine ---------------------------------------------------------------------------

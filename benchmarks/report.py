@@ -54,6 +54,15 @@ def _rss(system: dict[str, Any] | None, service: str | None = None) -> float | N
     return float(sum(item["peak_rss_mib"] for item in memory.values()))
 
 
+def _cpu_per_report(system: dict[str, Any] | None) -> float | None:
+    """The services' CPU (Kafka and PostgreSQL not counted) per report, in microseconds."""
+    cores = _get(system or {}, "sustained", "service_cpu_cores")
+    rate = _get(system or {}, "sustained", "accepted_per_s")
+    if not cores or not rate:
+        return None
+    return float(sum(cores.values())) / rate * 1e6
+
+
 def render(results: dict[str, Any]) -> str:
     machine = results.get("machine", {})
     versions = machine.get("versions", {})
@@ -90,6 +99,11 @@ def render(results: dict[str, Any]) -> str:
         )
 
     row("accepted reports/s, 200 connections", "≥ 2,500", ("sustained", "accepted_per_s"))
+    row(
+        "reports/s stored, until the phase's last 200 was in the database",
+        "",
+        ("sustained", "stored_per_s"),
+    )
     row("POST p50 at that load", "", ("sustained", "post_latency_ms", "p50"), " ms")
     row("POST p99 at that load", "", ("sustained", "post_latency_ms", "p99"), " ms")
     row("reports/s reached in the 1,000/s phase", "1,000", ("fixed_rate", "accepted_per_s"))
@@ -101,6 +115,12 @@ def render(results: dict[str, Any]) -> str:
     row("503 answers (both phases)", "", ("sustained", "rejected_503"))
     row("other errors (both phases)", "", ("sustained", "errors_other"))
     row("load generator CPU (cores)", "", ("sustained", "generator_cpu_cores"))
+    cpu = [_cpu_per_report(s) for s in (dist, base, emb)]
+    lines.append(
+        f"| CPU of the services per accepted report, closed loop | | {_fmt(cpu[0], ' µs')} | "
+        f"{_fmt(cpu[1], ' µs')} | {_fmt(cpu[2], ' µs')} | {_ratio(cpu[0], cpu[1])} | "
+        f"{_ratio(cpu[0], cpu[2])} |"
+    )
     lines.append(
         f"| peak RSS, all services | | {_fmt(_rss(dist), ' MiB')} | {_fmt(_rss(base), ' MiB')} "
         f"| {_fmt(_rss(emb), ' MiB')} | {_ratio(_rss(dist), _rss(base))} | "

@@ -13,8 +13,11 @@ takes one path with the same steps in the same order:
 4. the body, parsed and validated in one pass by pydantic (400 naming each failing field);
 5. ``ReportIntake``, which returns the 200's envelope or raises the ``ApiError`` to answer.
 
-Everything else (registration, reads, health, metrics, the OpenAPI page) goes on to FastAPI,
-whose OpenAPI description also lists these routes (``describe_report_routes``).
+Around them it answers as FastAPI's routing did: another method is a 405 naming POST, the path
+with a trailing slash is a 307 to the path without, and a request whose client went away before
+its body ended is dropped unanswered and unprocessed. Everything else (registration, reads,
+health, metrics, the OpenAPI page) goes on to FastAPI, whose OpenAPI description also lists
+these routes (``describe_report_routes``).
 """
 
 import logging
@@ -23,6 +26,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import URL
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backuphub.http import MAX_BODY_BYTES, ApiError, envelope, error_body, invalid_request
@@ -46,6 +50,18 @@ JSON = (b"content-type", b"application/json")
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _ClientGone(Exception):
+    """The connection closed before the body was complete: there is no report to handle."""
+
+
+def _first_header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a header (as Starlette's ``headers.get`` gives it)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
 
 
 class ReportGateway:
@@ -78,13 +94,25 @@ class ReportGateway:
             STATUS_PATH: (StatusRequest, intake.status),
             LOG_ANALYSIS_PATH: (LogAnalysisRequest, intake.log_analysis),
         }
+        self.slashed = {f"{path}/": path for path in self.routes}
         refusal = orjson.dumps(envelope(False, "Too many reports at once; send it again later"))
         self.refusal: Answer = (503, refusal, [(b"retry-after", str(retry_after).encode())])
+        not_allowed = orjson.dumps(envelope(False, "Method Not Allowed"))
+        self.not_allowed: Answer = (405, not_allowed, [(b"allow", b"POST")])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path")
-        is_post = scope["type"] == "http" and scope["method"] == "POST"
-        if not is_post or (path not in self.routes and path != REGISTER_PATH):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if path in self.routes and scope["method"] != "POST":
+            await self._send(send, path, self.not_allowed)
+            return
+        if path in self.slashed:
+            location = str(URL(scope=scope).replace(path=self.slashed[path]))
+            await self._send(send, path, (307, b"", [(b"location", location.encode())]))
+            return
+        if scope["method"] != "POST" or (path not in self.routes and path != REGISTER_PATH):
             await self.app(scope, receive, send)
             return
 
@@ -99,18 +127,19 @@ class ReportGateway:
                 await self.app(scope, receive, send)
             else:
                 await self._send(send, path, await self._answer(scope, receive))
+        except _ClientGone:
+            logger.debug("client went away before its body ended", extra={"path": path})
         finally:
             self.in_flight -= 1
 
     async def _answer(self, scope: Scope, receive: Receive) -> Answer:
         model, handler = self.routes[scope["path"]]
         try:
-            headers = dict(scope["headers"])
-            declared = headers.get(b"content-length", b"")
+            declared = _first_header(scope, b"content-length") or b""
             if declared.isdigit() and int(declared) > self.max_body:
                 raise _BodyTooLarge
 
-            await self._check_key(headers.get(b"x-api-key"), scope)
+            await self._check_key(_first_header(scope, b"x-api-key"), scope)
             raw = await self._read_body(receive)
             try:
                 body = model.model_validate_json(raw)
@@ -124,6 +153,8 @@ class ReportGateway:
         except ApiError as error:
             extra = [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
             return error.status_code, orjson.dumps(error_body(error)), extra
+        except _ClientGone:
+            raise
         except Exception:
             logger.exception("unhandled error", extra={"path": scope["path"]})
             return 500, orjson.dumps(envelope(False, "Internal server error")), []
@@ -147,7 +178,7 @@ class ReportGateway:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                raise _ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
@@ -172,11 +203,11 @@ def describe_report_routes(schema: dict[str, Any]) -> dict[str, Any]:
         (STATUS_PATH, StatusRequest, "Report a backup run's status"),
         (LOG_ANALYSIS_PATH, LogAnalysisRequest, "Report runs read from AOMEI's history"),
     ):
-        paths[path] = {"post": _operation(model, summary)}
+        paths[path] = {"post": _operation(path, model, summary)}
     return schema
 
 
-def _operation(model: type[BaseModel], summary: str) -> dict[str, Any]:
+def _operation(path: str, model: type[BaseModel], summary: str) -> dict[str, Any]:
     answers = {
         "200": "accepted: the report is durable",
         "400": "invalid body (each failing field named) or unknown job (code job_not_found)",
@@ -185,8 +216,13 @@ def _operation(model: type[BaseModel], summary: str) -> dict[str, Any]:
         "500": "database error, nothing kept",
         "503": "not stored right now; send it again after Retry-After seconds",
     }
+    # The operation ids FastAPI gave these routes when it served them: generated clients that
+    # name their calls by it keep their names.
+    operation_id = path.removeprefix("/").replace("/", "_").replace("-", "_") + "_post"
+    name = path.rsplit("/", 1)[1].replace("-", "_")
     return {
         "summary": summary,
+        "operationId": f"{name}_{operation_id}",
         "parameters": [
             {"name": "X-API-Key", "in": "header", "required": True, "schema": {"type": "string"}}
         ],

@@ -1,5 +1,7 @@
 """Every point of the agents' wire contract, against the embedded app."""
 
+import contextlib
+import json
 from typing import Any
 
 import pytest
@@ -322,6 +324,7 @@ def test_the_openapi_page_describes_the_report_routes(client):
         schema = operation["requestBody"]["content"]["application/json"]["schema"]
         assert "job_id" in schema["properties"]
         assert {"200", "400", "401", "503"} <= set(operation["responses"])
+    assert paths["/api/v1/aomei/status"]["post"]["operationId"] == "status_api_v1_aomei_status_post"
     assert "post" in paths["/api/v1/aomei/register"]
 
 
@@ -545,3 +548,100 @@ def test_metrics_are_exposed(client, agent_headers):
     assert "backuphub_http_requests_total" in text_body
     assert 'code="401",endpoint="/api/v1/aomei/status"' in text_body
     assert "backuphub_auth_failures_total" in text_body
+
+
+@pytest.mark.parametrize("endpoint", ["status", "log-analysis"])
+def test_the_first_of_several_api_key_headers_is_the_one_checked(client, agent_headers, endpoint):
+    # As the FastAPI routes did (Starlette's ``headers.get`` gives the first value).
+    key = agent_headers["X-API-Key"]
+    path = f"/api/v1/aomei/{endpoint}"
+
+    good_first = client.post(
+        path, json={"job_id": 1}, headers=[("X-API-Key", key), ("X-API-Key", "wrong-key")]
+    )
+    bad_first = client.post(
+        path, json={"job_id": 1}, headers=[("X-API-Key", "wrong-key"), ("X-API-Key", key)]
+    )
+
+    assert good_first.status_code == 400  # past the key check: the body is incomplete
+    assert bad_first.status_code == 401
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "HEAD", "DELETE"])
+@pytest.mark.parametrize("endpoint", ["status", "log-analysis"])
+def test_another_method_on_a_report_route_is_a_405_naming_post(
+    client, agent_headers, method, endpoint
+):
+    response = client.request(method, f"/api/v1/aomei/{endpoint}", headers=agent_headers)
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("endpoint", ["status", "log-analysis"])
+def test_a_report_route_with_a_trailing_slash_redirects_to_the_route(
+    client, agent_headers, endpoint
+):
+    response = client.post(
+        f"/api/v1/aomei/{endpoint}/",
+        json={"job_id": 1, "status": "success"},
+        headers=agent_headers,
+        follow_redirects=False,
+    )
+
+    assert response.status_code == 307
+    assert response.headers["location"].endswith(f"/api/v1/aomei/{endpoint}")
+
+
+def test_a_report_whose_client_went_away_before_the_body_ended_is_not_stored(
+    client, agent_headers, engine
+):
+    # The client announced more body than it sent (Content-Length larger than the bytes, or a
+    # dropped connection) and the server sees http.disconnect: the request never completed,
+    # so nothing may be stored and it is not a validation rejection of the agent's report.
+    job_id = register(client, agent_headers)
+    body = json.dumps({**STATUS, "job_id": job_id, "report_id": "cut-off"}).encode()
+    messages = [
+        {"type": "http.request", "body": body, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/aomei/status",
+        "raw_path": b"/api/v1/aomei/status",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"x-api-key", agent_headers["X-API-Key"].encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body) + 100).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+
+    async def call() -> None:
+        # The FastAPI version raised ClientDisconnect here: fine, nothing was stored.
+        with contextlib.suppress(Exception):
+            await client.app(scope, receive, send)
+
+    assert client.portal is not None
+    client.portal.call(call)
+
+    assert execution_count(engine) == 0
+    statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
+    assert 200 not in statuses

@@ -371,22 +371,10 @@ def rewind_group(bootstrap_servers: str, group_id: str, topic: str, timeout: flo
 
 
 def topic_end_offsets(bootstrap_servers: str, topic: str) -> int:
-    """How many events were ever written to ``topic`` (the sum of its end offsets)."""
+    """How many events were ever written to ``topic``."""
+    from backuphub.kafka_topics import events_written
 
-    async def count() -> int:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        from backuphub.kafka_topics import PARTITIONS
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
-        await consumer.start()
-        try:
-            partitions = [TopicPartition(topic, number) for number in range(PARTITIONS)]
-            return int(sum((await consumer.end_offsets(partitions)).values()))
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(asyncio.wait_for(count(), timeout=20))
+    return asyncio.run(asyncio.wait_for(events_written(bootstrap_servers, topic), timeout=20))
 
 
 @contextlib.contextmanager
