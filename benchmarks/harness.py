@@ -31,7 +31,17 @@ import psycopg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KAFKA_SCRIPT = REPO_ROOT / "deploy" / "local" / "kafka.sh"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def postgres_binaries() -> Path | None:
+    """The folder of the newest installed PostgreSQL server (Debian's layout), if any."""
+    folders = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda folder: int(folder.parent.name) if folder.parent.name.isdigit() else 0,
+    )
+    found = [folder for folder in folders if (folder / "initdb").exists()]
+    return found[-1] if found else None
+
 
 API_KEY = "bench-agent-key-" + "k" * 24
 JWT_SECRET = "bench-jwt-secret-" + "s" * 32
@@ -300,6 +310,13 @@ class PrivatePostgres:
     def url(self) -> str:
         return f"postgresql+psycopg://backuphub:backuphub@127.0.0.1:{self.port}/backuphub"
 
+    @property
+    def binaries(self) -> Path:
+        folder = postgres_binaries()
+        if folder is None:
+            raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql")
+        return folder
+
     def _as_postgres(self, *argv: str, timeout: float = 60) -> None:
         subprocess.run(
             ["runuser", "-u", "postgres", "--", *argv],
@@ -314,7 +331,7 @@ class PrivatePostgres:
         shutil.chown(self.root, "postgres", "postgres")
         self.root.chmod(0o700)
         self._as_postgres(
-            str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
+            str(self.binaries / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
             "--no-sync", "-E", "UTF8",
         )  # fmt: skip
         self.start()
@@ -326,7 +343,7 @@ class PrivatePostgres:
 
     def start(self) -> None:
         self._as_postgres(
-            str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", "-l",
+            str(self.binaries / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", "-l",
             str(self.root / "postgres.log"), "-o",
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1",
             "start",
@@ -335,7 +352,7 @@ class PrivatePostgres:
     def stop(self, mode: str = "fast") -> None:
         with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
             self._as_postgres(
-                str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", "-m", mode,
+                str(self.binaries / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", "-m", mode,
                 "stop",
             )  # fmt: skip
 

@@ -72,6 +72,7 @@ async def serve_persister(settings: Settings, engine: Engine, host: str, port: i
     try:
         await server.serve()
     finally:
+        crashed = persisting.done() and not persisting.cancelled() and persisting.exception()
         stopping.set()
         await persister.stop()
         persisting.cancel()
@@ -82,3 +83,6 @@ async def serve_persister(settings: Settings, engine: Engine, host: str, port: i
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await publisher.stop()
+    if crashed:
+        # A non-zero exit, so that a supervisor (systemd, compose, Kubernetes) restarts it.
+        raise SystemExit(1)

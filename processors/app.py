@@ -57,10 +57,14 @@ async def serve_processor(settings: Settings, host: str, port: int) -> None:
     try:
         await server.serve()
     finally:
+        crashed = processing.done() and not processing.cancelled() and processing.exception()
         await processor.stop()
         processing.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await processing
+    if crashed:
+        # A non-zero exit, so that a supervisor (systemd, compose, Kubernetes) restarts it.
+        raise SystemExit(1)
 
 
 def run_processor(settings: Settings, *, web_host: str = "127.0.0.1", web_port: int = 8001) -> None:

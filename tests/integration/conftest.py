@@ -53,7 +53,7 @@ def _services_required() -> bool:
     return os.environ.get("BACKUPHUB_REQUIRE_SERVICES") == "1" or ci not in ("", "0", "false")
 
 
-def _unavailable(message: str) -> None:
+def services_unavailable(message: str) -> None:
     if _services_required():
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -98,7 +98,9 @@ def backing_services() -> BackingServices:
 
     problem = _kafka_answers(kafka)
     if problem:
-        _unavailable(f"Kafka at {kafka} (KAFKA_BOOTSTRAP_SERVERS) is not reachable: {problem}")
+        services_unavailable(
+            f"Kafka at {kafka} (KAFKA_BOOTSTRAP_SERVERS) is not reachable: {problem}"
+        )
 
     engine = create_engine(database_url, connect_args={"connect_timeout": 5})
     try:
@@ -106,7 +108,7 @@ def backing_services() -> BackingServices:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as error:
         shown = make_url(database_url).render_as_string(hide_password=True)
-        _unavailable(f"PostgreSQL at {shown} (DATABASE_URL) is not reachable: {error}")
+        services_unavailable(f"PostgreSQL at {shown} (DATABASE_URL) is not reachable: {error}")
     finally:
         engine.dispose()
     return BackingServices(kafka=kafka, admin_database_url=database_url)
