@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from processors.alerting import (
@@ -33,7 +33,7 @@ from processors.alerting import (
     evaluate_executions,
 )
 from schemas.events import EventEnvelope, ExecutionRecord, derived_id
-from schemas.tables import alert_outbox, alerts, backup_executions, backup_jobs
+from schemas.tables import alert_outbox, alerts, backup_executions, backup_jobs, one_of
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,11 @@ def load_jobs(
     if not ids:
         return {}
 
-    query = select(backup_jobs).where(backup_jobs.c.id.in_(ids)).order_by(backup_jobs.c.id)
+    query = (
+        select(backup_jobs)
+        .where(one_of(connection, backup_jobs.c.id, ids))
+        .order_by(backup_jobs.c.id)
+    )
     if lock:
         query = query.with_for_update()
     return {row.id: job_settings(row) for row in connection.execute(query)}
@@ -81,13 +85,43 @@ def open_alerts(connection: Connection, job_ids: Iterable[int]) -> dict[int, dic
         return found
 
     rows = connection.execute(
-        select(alerts).where(alerts.c.job_id.in_(ids)).where(alerts.c.state != "resolved")
+        select(alerts)
+        .where(one_of(connection, alerts.c.job_id, ids))
+        .where(alerts.c.state != "resolved")
     )
     for row in rows:
         found[row.job_id][row.kind] = OpenAlert(
             row.alert_uid, row.kind, row.triggered_at, json.loads(row.details or "{}")
         )
     return found
+
+
+# On PostgreSQL the two history reads below take each job's newest rows from the
+# (job_id, execution_date) index, so they cost the same after years of runs as after a week;
+# the portable forms (for SQLite) read every run of the batch's jobs.
+_LATEST_DATES_PG = text(
+    """
+    SELECT wanted.job_id,
+           (SELECT max(execution_date) FROM backup_executions WHERE job_id = wanted.job_id)
+    FROM unnest(CAST(:job_ids AS integer[])) AS wanted(job_id)
+    """
+)
+_RECENT_DURATIONS_PG = text(
+    """
+    SELECT wanted.job_id, recent.duration_seconds
+    FROM unnest(CAST(:job_ids AS integer[])) AS wanted(job_id)
+    CROSS JOIN LATERAL (
+        SELECT duration_seconds, execution_date, id
+        FROM backup_executions
+        WHERE job_id = wanted.job_id
+          AND execution_result = 'success'
+          AND duration_seconds IS NOT NULL
+        ORDER BY execution_date DESC, id DESC
+        LIMIT :history
+    ) AS recent
+    ORDER BY wanted.job_id, recent.execution_date, recent.id
+    """
+)
 
 
 def latest_execution_dates(
@@ -99,9 +133,14 @@ def latest_execution_dates(
     if not ids:
         return latest
 
+    if connection.dialect.name == "postgresql":
+        for job_id, newest in connection.execute(_LATEST_DATES_PG, {"job_ids": ids}):
+            latest[job_id] = newest
+        return latest
+
     rows = connection.execute(
         select(backup_executions.c.job_id, func.max(backup_executions.c.execution_date))
-        .where(backup_executions.c.job_id.in_(ids))
+        .where(one_of(connection, backup_executions.c.job_id, ids))
         .group_by(backup_executions.c.job_id)
     )
     for job_id, newest in rows:
@@ -114,6 +153,12 @@ def recent_durations(connection: Connection, job_ids: Iterable[int]) -> dict[int
     ids = sorted(set(job_ids))
     found: dict[int, list[int]] = {job_id: [] for job_id in ids}
     if not ids:
+        return found
+
+    if connection.dialect.name == "postgresql":
+        parameters = {"job_ids": ids, "history": DURATION_HISTORY}
+        for job_id, duration in connection.execute(_RECENT_DURATIONS_PG, parameters):
+            found[job_id].append(int(duration))
         return found
 
     position = (
@@ -129,9 +174,10 @@ def recent_durations(connection: Connection, job_ids: Iterable[int]) -> dict[int
             backup_executions.c.job_id,
             backup_executions.c.duration_seconds,
             backup_executions.c.execution_date,
+            backup_executions.c.id,
             position,
         )
-        .where(backup_executions.c.job_id.in_(ids))
+        .where(one_of(connection, backup_executions.c.job_id, ids))
         .where(backup_executions.c.execution_result == "success")
         .where(backup_executions.c.duration_seconds.is_not(None))
         .subquery()
@@ -139,7 +185,7 @@ def recent_durations(connection: Connection, job_ids: Iterable[int]) -> dict[int
     rows = connection.execute(
         select(ranked.c.job_id, ranked.c.duration_seconds)
         .where(ranked.c.position <= DURATION_HISTORY)
-        .order_by(ranked.c.job_id, ranked.c.execution_date)
+        .order_by(ranked.c.job_id, ranked.c.execution_date, ranked.c.id)
     )
     for job_id, duration in rows:
         found[job_id].append(int(duration))

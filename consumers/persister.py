@@ -18,7 +18,13 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
-from backuphub.kafka_topics import MAX_EVENT_BYTES, ensure_topics, start_when_reachable
+from backuphub.kafka_topics import (
+    FETCH_MAX_WAIT_MS,
+    FETCH_MIN_BYTES,
+    MAX_EVENT_BYTES,
+    ensure_topics,
+    start_when_reachable,
+)
 from backuphub.metrics import (
     CONSUMER_LAG,
     DATABASE_ERRORS,
@@ -90,6 +96,8 @@ class Persister:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=4 * 1024 * 1024,
+                fetch_min_bytes=FETCH_MIN_BYTES,
+                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
                 client_id="backuphub-persister",
             )
 

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from consumers.alert_store import ExecutionAlertContext
 from schemas.events import ExecutionRecord, utc_now
-from schemas.tables import backup_copies, backup_executions, backup_jobs
+from schemas.tables import backup_copies, backup_executions, backup_jobs, one_of
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,9 @@ def persist_executions(
     touched_jobs = sorted({execution.job_id for execution in new_executions})
     if touched_jobs:
         connection.execute(
-            update(backup_jobs).where(backup_jobs.c.id.in_(touched_jobs)).values(updated_at=now)
+            update(backup_jobs)
+            .where(one_of(connection, backup_jobs.c.id, touched_jobs))
+            .values(updated_at=now)
         )
 
     alerting.apply(connection, new_executions, source, now)

@@ -31,7 +31,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, KafkaError
 from pydantic import ValidationError
 
-from backuphub.kafka_topics import MAX_EVENT_BYTES, ensure_topics, start_when_reachable
+from backuphub.kafka_topics import (
+    FETCH_MAX_WAIT_MS,
+    FETCH_MIN_BYTES,
+    MAX_EVENT_BYTES,
+    ensure_topics,
+    start_when_reachable,
+)
 from backuphub.metrics import CONSUMER_LAG, EVENTS_FAILED, EVENTS_PROCESSED
 from processors.rules import ReportRejected, process_report
 from schemas.events import EventEnvelope
@@ -96,6 +102,8 @@ class ReportProcessor:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=4 * 1024 * 1024,
+                fetch_min_bytes=FETCH_MIN_BYTES,
+                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
                 client_id="backuphub-processor",
             )
 
