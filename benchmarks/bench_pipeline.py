@@ -9,8 +9,8 @@ processes of its own):
   the request;
 * ``embedded``: ``backuphub serve``, one process on SQLite.
 
-For each: 2,000 jobs registered through the API, a closed-loop phase with 200 connections
-(accepted reports/s sustained, POST latency), a fixed-rate phase (POST latency at 1,000
+For each: 2,000 jobs registered through the API, three closed-loop runs with 200 connections
+(accepted reports/s sustained, the median run; POST latency), a fixed-rate phase (POST latency at 1,000
 reports/s and, for the distributed system, the time from the 200 to the row being visible in
 PostgreSQL), peak RSS of each service, and the exactly-once count of every acknowledged report.
 Then, on the distributed system: a burst of 10,000 distinct agents within 10 s, and a
@@ -210,7 +210,8 @@ def cpu_of(sampler: Sampler, deployment: Deployment) -> dict[str, float]:
 class Plan:
     jobs: int = 2000
     connections: int = 200
-    sustained_s: float = 30.0
+    sustained_s: float = 20.0
+    sustained_runs: int = 3
     rate: float = 1000.0
     rate_s: float = 30.0
     warmup_s: float = 5.0
@@ -245,20 +246,32 @@ def measure_deployment(deployment: Deployment, plan: Plan, workdir: Path) -> dic
         )  # fmt: skip
         acknowledged.update(warm.accepted())
 
-        cpu_before = cpu_of(sampler, deployment)
-        sustained = run_load(
-            url, jobs, workdir, "sustained", mode="closed", processes=plan.generators,
-            connections=plan.connections, duration=plan.sustained_s,
-            hard_stop=plan.sustained_s + 60,
-        )  # fmt: skip
-        cpu_after = cpu_of(sampler, deployment)
-        acknowledged.update(sustained.accepted())
+        # Back-to-back closed-loop runs; the run with the median rate is reported (with the
+        # others' rates beside it). On two cores shared by everything, one run's rate moved by
+        # a fifth from one run to the next; the median of three is steadier than any one.
+        runs: list[tuple[LoadResult, dict[str, float]]] = []
+        for number in range(plan.sustained_runs):
+            cpu_before = cpu_of(sampler, deployment)
+            run = run_load(
+                url, jobs, workdir, f"sustained{number}", mode="closed",
+                processes=plan.generators, connections=plan.connections,
+                duration=plan.sustained_s, hard_stop=plan.sustained_s + 60,
+            )  # fmt: skip
+            cpu_after = cpu_of(sampler, deployment)
+            acknowledged.update(run.accepted())
+            cores = {
+                name: round((cpu_after[name] - cpu_before[name]) / run.elapsed, 2)
+                for name in cpu_after
+            }
+            runs.append((run, cores))
+        rates = [len(run.accepted()) / run.elapsed for run, _ in runs]
+        sustained, cores = sorted(runs, key=lambda item: len(item[0].accepted()) / item[0].elapsed)[
+            len(runs) // 2
+        ]
         result["sustained"] = sustained.stats()
-        result["sustained"]["service_cpu_cores"] = {
-            name: round((cpu_after[name] - cpu_before[name]) / sustained.elapsed, 2)
-            for name in cpu_after
-        }
-        log(f"{deployment.name}: sustained {result['sustained']['accepted_per_s']}/s")
+        result["sustained"]["service_cpu_cores"] = cores
+        result["sustained"]["runs_per_s"] = [round(rate, 1) for rate in rates]
+        log(f"{deployment.name}: sustained {result['sustained']['accepted_per_s']}/s {rates}")
 
         # Let the backlog of the closed-loop phase drain before the fixed-rate phase. How long
         # that takes says whether the processor and the persister kept up with the ingest:
@@ -270,8 +283,9 @@ def measure_deployment(deployment: Deployment, plan: Plan, workdir: Path) -> dic
         drain_s = time.monotonic() - draining
         result["drained_after_sustained"] = drained["missing"] == 0
         result["sustained"]["drain_after_s"] = round(drain_s, 2)
+        loaded_s = sum(run.elapsed for run, _ in runs)
         result["sustained"]["stored_per_s"] = round(
-            result["sustained"]["accepted"] / (sustained.elapsed + drain_s), 1
+            sum(len(run.accepted()) for run, _ in runs) / (loaded_s + drain_s), 1
         )
 
         watching = deployment.name == "distributed"
@@ -639,6 +653,7 @@ def plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=default.jobs)
     parser.add_argument("--connections", type=int, default=default.connections)
     parser.add_argument("--sustained", type=float, default=default.sustained_s, help="seconds")
+    parser.add_argument("--sustained-runs", type=int, default=default.sustained_runs)
     parser.add_argument("--rate", type=float, default=default.rate)
     parser.add_argument("--rate-duration", type=float, default=default.rate_s)
     parser.add_argument("--generators", type=int, default=default.generators)
@@ -654,6 +669,7 @@ def plan_from(args: argparse.Namespace) -> tuple[Plan, tuple[str, ...]]:
         jobs=args.jobs,
         connections=args.connections,
         sustained_s=args.sustained,
+        sustained_runs=max(1, args.sustained_runs),
         rate=args.rate,
         rate_s=args.rate_duration,
         generators=args.generators,
@@ -663,6 +679,7 @@ def plan_from(args: argparse.Namespace) -> tuple[Plan, tuple[str, ...]]:
     )
     if args.quick:
         plan.sustained_s, plan.rate_s, plan.warmup_s = 8.0, 8.0, 2.0
+        plan.sustained_runs = 1
         plan.burst_agents, plan.backlog_rows, plan.jobs = 2000, 20_000, 500
     return plan, tuple(args.only or PARTS)
 

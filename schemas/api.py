@@ -4,6 +4,7 @@ Field names follow the wire contract that deployed agents already speak. Unknown
 ignored so that newer agents can talk to an older server.
 """
 
+import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -108,12 +109,15 @@ SizeBytes = Annotated[Count, Field(ge=0, le=MAX_SIZE_BYTES)]
 Seconds = Annotated[Count, Field(ge=0, le=MAX_DURATION_SECONDS)]
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _storable_text(value: Any) -> Any:
     """Text the database and the event log can hold: no NUL, no lone UTF-16 surrogate."""
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError("must not contain NUL characters")
-        if any("\ud800" <= character <= "\udfff" for character in value):
+        if not value.isascii() and _SURROGATE.search(value):
             raise ValueError("must not contain unpaired surrogate characters")
     return value
 
