@@ -1,4 +1,4 @@
-"""Creating the project's topics before any service uses them.
+"""The Kafka plumbing the services share: the topics, and producers and consumers set up alike.
 
 Kafka would auto-create a topic on first use, but with the broker's default partition count
 and only after the first write; a consumer started earlier would skip it. Every service
@@ -9,8 +9,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -33,6 +34,41 @@ TOPIC_CONFIG = {"max.message.bytes": str(MAX_EVENT_BYTES)}
 # end-to-end latency; under load the bytes are there at once and nothing waits.
 FETCH_MIN_BYTES = 64 * 1024
 FETCH_MAX_WAIT_MS = 20
+
+
+def durable_producer(
+    bootstrap_servers: str, client_id: str, *, linger_ms: int = 0, **options: Any
+) -> AIOKafkaProducer:
+    """A producer whose acknowledged writes are on every in-sync replica (``acks=all``) and
+    never doubled by its own retries (idempotent), for events up to ``MAX_EVENT_BYTES``."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        max_batch_size=256 * 1024,
+        max_request_size=MAX_EVENT_BYTES,
+        client_id=client_id,
+        **options,
+    )
+
+
+def batch_consumer(
+    bootstrap_servers: str, topic: str, group_id: str, client_id: str
+) -> AIOKafkaConsumer:
+    """A group member that commits its offsets itself, after its batch is done, and reads a
+    new group's topic from the start."""
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_min_bytes=FETCH_MIN_BYTES,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        client_id=client_id,
+    )
 
 
 async def ensure_topics(

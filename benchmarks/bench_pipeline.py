@@ -10,9 +10,10 @@ processes of its own):
 * ``embedded``: ``backuphub serve``, one process on SQLite.
 
 For each: 2,000 jobs registered through the API, three closed-loop runs with 200 connections
-(accepted reports/s sustained, the median run; POST latency), a fixed-rate phase (POST latency at 1,000
-reports/s and, for the distributed system, the time from the 200 to the row being visible in
-PostgreSQL), peak RSS of each service, and the exactly-once count of every acknowledged report.
+(accepted reports/s sustained, the median run; POST latency), a fixed-rate phase (POST
+latency at 1,000 reports/s and, for the distributed system, the time from the 200 to the row
+being visible in PostgreSQL), peak RSS of each service, and the exactly-once count of every
+acknowledged report.
 Then, on the distributed system: a burst of 10,000 distinct agents within 10 s, and a
 persister draining a pre-filled executions topic.
 

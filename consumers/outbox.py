@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 from sqlalchemy import Connection, Engine, Row, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from backuphub.kafka_topics import start_when_reachable
+from backuphub.kafka_topics import durable_producer, start_when_reachable
 from backuphub.metrics import ALERTS_PUBLISHED, DATABASE_ERRORS
 from schemas.events import utc_now
 from schemas.tables import alert_outbox
@@ -84,12 +84,7 @@ class OutboxPublisher:
 
     async def _start_producer(self, stopping: asyncio.Event) -> None:
         def producer() -> AIOKafkaProducer:
-            return AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap_servers,
-                acks="all",
-                enable_idempotence=True,
-                client_id="backuphub-alert-publisher",
-            )
+            return durable_producer(self.bootstrap_servers, "backuphub-alert-publisher")
 
         self.producer = await start_when_reachable(
             producer, name="alert publisher", stopping=stopping

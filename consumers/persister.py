@@ -19,9 +19,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
 from backuphub.kafka_topics import (
-    FETCH_MAX_WAIT_MS,
-    FETCH_MIN_BYTES,
-    MAX_EVENT_BYTES,
+    batch_consumer,
+    durable_producer,
     ensure_topics,
     start_when_reachable,
 )
@@ -92,25 +91,15 @@ class Persister:
         await ensure_topics(self.bootstrap_servers, self.topics, timeout=3600)
 
         def consumer() -> AIOKafkaConsumer:
-            return AIOKafkaConsumer(
+            return batch_consumer(
+                self.bootstrap_servers,
                 self.topics.executions,
-                bootstrap_servers=self.bootstrap_servers,
-                group_id=persister_group(self.topics),
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_partition_fetch_bytes=4 * 1024 * 1024,
-                fetch_min_bytes=FETCH_MIN_BYTES,
-                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-                client_id="backuphub-persister",
+                persister_group(self.topics),
+                "backuphub-persister",
             )
 
         def producer() -> AIOKafkaProducer:
-            return AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap_servers,
-                acks="all",
-                enable_idempotence=True,
-                max_request_size=MAX_EVENT_BYTES,
-            )
+            return durable_producer(self.bootstrap_servers, "backuphub-persister")
 
         self.dead_letters = await start_when_reachable(
             producer, name="dead-letter producer", stopping=self._stopping

@@ -32,9 +32,8 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from pydantic import ValidationError
 
 from backuphub.kafka_topics import (
-    FETCH_MAX_WAIT_MS,
-    FETCH_MIN_BYTES,
-    MAX_EVENT_BYTES,
+    batch_consumer,
+    durable_producer,
     ensure_topics,
     start_when_reachable,
 )
@@ -82,29 +81,16 @@ class ReportProcessor:
         await ensure_topics(self.bootstrap_servers, self.topics, timeout=3600)
 
         def producer() -> AIOKafkaProducer:
-            return AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap_servers,
-                acks="all",
-                enable_idempotence=True,
-                # A batch's executions leave together: a few ms of linger fill produce
-                # requests instead of sending one per execution.
-                linger_ms=5,
-                max_batch_size=256 * 1024,
-                max_request_size=MAX_EVENT_BYTES,
-                client_id="backuphub-processor",
-            )
+            # A batch's executions leave together: a few ms of linger fill produce requests
+            # instead of sending one per execution.
+            return durable_producer(self.bootstrap_servers, "backuphub-processor", linger_ms=5)
 
         def consumer() -> AIOKafkaConsumer:
-            return AIOKafkaConsumer(
+            return batch_consumer(
+                self.bootstrap_servers,
                 self.topics.reports,
-                bootstrap_servers=self.bootstrap_servers,
-                group_id=processor_group(self.topics),
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_partition_fetch_bytes=4 * 1024 * 1024,
-                fetch_min_bytes=FETCH_MIN_BYTES,
-                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-                client_id="backuphub-processor",
+                processor_group(self.topics),
+                "backuphub-processor",
             )
 
         self.producer = await start_when_reachable(
