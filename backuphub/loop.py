@@ -1,8 +1,13 @@
-"""Running a service's coroutine on the fastest event loop available."""
+"""Running a service: its coroutine on the fastest event loop available, its HTTP server."""
 
 import asyncio
-from collections.abc import Coroutine
+import contextlib
+import signal
+import threading
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
+
+import uvicorn
 
 T = TypeVar("T")
 
@@ -18,3 +23,34 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:  # pragma: no cover - e.g. Windows, where uvloop does not build
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+class ServiceServer(uvicorn.Server):
+    """The HTTP side of a service that has work of its own to finish when it is stopped.
+
+    uvicorn, once ``serve()`` has returned after SIGTERM or SIGINT, raises the signal again so
+    that the default action ends the process. That skips the caller's shutdown (a consumer
+    leaving its group, a batch left uncommitted on purpose) and every restart then waits for
+    the group session to expire. Here the signal only asks the server to stop, and the caller
+    goes on with its own shutdown.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {number: signal.signal(number, self.handle_exit) for number in handled}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+
+def service_server(app: Any, host: str, port: int) -> ServiceServer:
+    """A ``ServiceServer`` for ``app`` with the project's logging (none of uvicorn's own)."""
+    return ServiceServer(
+        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
+    )

@@ -8,11 +8,11 @@ import asyncio
 import contextlib
 import logging
 
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from backuphub.http import ApiError, envelope, install_common
+from backuphub.loop import service_server
 from backuphub.settings import Settings
 from consumers.alert_checker import MissingBackupChecker
 from consumers.alerts_api import alert_routers
@@ -49,7 +49,7 @@ async def serve_persister(settings: Settings, engine: Engine, host: str, port: i
     """Run the persister and the query API until the process is told to stop."""
     persister = Persister(engine, settings.kafka_bootstrap_servers, settings.topics)
     app = create_query_app(engine, settings.jwt_secret, persister)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None))
+    server = service_server(app, host, port)
 
     persisting = asyncio.create_task(persister.run())
 

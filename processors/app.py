@@ -9,11 +9,10 @@ import asyncio
 import contextlib
 import logging
 
-import uvicorn
 from fastapi import FastAPI
 
 from backuphub.http import ApiError, envelope, install_common
-from backuphub.loop import run
+from backuphub.loop import run, service_server
 from backuphub.settings import Settings
 from processors.stream import ReportProcessor
 
@@ -43,9 +42,7 @@ async def serve_processor(settings: Settings, host: str, port: int) -> None:
     """Run the processor and its HTTP app until the process is told to stop."""
     processor = ReportProcessor(settings.kafka_bootstrap_servers, settings.topics)
     app = create_processor_web_app(processor)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
-    )
+    server = service_server(app, host, port)
     processing = asyncio.create_task(processor.run())
 
     def stop_when_processor_ends(task: asyncio.Task[None]) -> None:

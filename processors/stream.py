@@ -28,7 +28,12 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+)
 from pydantic import ValidationError
 
 from backuphub.kafka_topics import (
@@ -74,6 +79,8 @@ class ReportProcessor:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
+        self._running = False
+        self._finished = asyncio.Event()
         # When the current run of failed publishes began; None while they succeed.
         self.failing_since: float | None = None
 
@@ -123,26 +130,23 @@ class ReportProcessor:
                 report = EventEnvelope.from_bytes(record.value)
                 events = process_report(report, SOURCE)
             except (ValidationError, ReportRejected, ValueError) as error:
-                EVENTS_FAILED.labels("process").inc()
-                logger.error(
-                    "report set aside",
-                    extra={"key": record.key, "offset": record.offset, "error": str(error)[:300]},
-                )
-                headers = [("reason", str(error)[:500].encode())]
-                deliveries.append(
-                    await producer.send(
-                        self.topics.dead_letters, record.value, key=record.key, headers=headers
-                    )
-                )
+                deliveries.append(await self._set_aside(record, str(error)))
+                continue
+            except Exception as error:
+                # A rule that breaks on one report must not stop every report behind it.
+                logger.exception("rules failed", extra={"offset": record.offset})
+                deliveries.append(await self._set_aside(record, f"rules failed: {error!r}"))
                 continue
 
-            for event in events:
-                deliveries.append(
-                    await producer.send(
-                        self.topics.executions, event.to_bytes(), key=str(event.job_id).encode()
-                    )
-                )
-                statuses.append(event.payload["status"])
+            try:
+                for event in events:
+                    value = event.to_bytes()
+                    key = str(event.job_id).encode()
+                    deliveries.append(await producer.send(self.topics.executions, value, key=key))
+                    statuses.append(event.payload["status"])
+            except (MessageSizeTooLargeError, RecordTooLargeError) as error:
+                # Retrying can never make it fit: the report is kept for a person instead.
+                deliveries.append(await self._set_aside(record, f"execution too large: {error}"))
 
         results = await asyncio.gather(*deliveries, return_exceptions=True)
         failures = [result for result in results if isinstance(result, BaseException)]
@@ -153,6 +157,27 @@ class ReportProcessor:
 
         for status in statuses:
             EVENTS_PROCESSED.labels(status).inc()
+
+    async def _set_aside(self, record: ConsumerRecord, reason: str) -> "asyncio.Future[Any]":
+        """Send a report the rules cannot turn into executions to the dead-letter topic, as it
+        came; when even that is too large, its place (topic, partition, offset) alone."""
+        assert self.producer is not None
+        EVENTS_FAILED.labels("process").inc()
+        logger.error(
+            "report set aside",
+            extra={"key": record.key, "offset": record.offset, "error": reason[:300]},
+        )
+        headers = [
+            ("reason", reason[:500].encode()),
+            ("source_topic", record.topic.encode()),
+            ("source_partition", str(record.partition).encode()),
+            ("source_offset", str(record.offset).encode()),
+        ]
+        topic = self.topics.dead_letters
+        try:
+            return await self.producer.send(topic, record.value, key=record.key, headers=headers)
+        except (MessageSizeTooLargeError, RecordTooLargeError):
+            return await self.producer.send(topic, b"", key=record.key, headers=headers)
 
     async def _handle(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
@@ -185,26 +210,38 @@ class ReportProcessor:
             # publishes the same ids again, which downstream already ignores.
             logger.warning("offset commit failed", extra={"error": str(error)})
 
+        held = consumer.assignment()
         for partition, taken in batches.items():
+            if partition not in held:
+                continue  # given to another member by a rebalance during the batch
             end = consumer.highwater(partition) or 0
             lag = max(0, end - (taken[-1].offset + 1))
             CONSUMER_LAG.labels(partition.topic, str(partition.partition)).set(lag)
 
     async def run(self) -> None:
-        await self._connect()
-        if self.consumer is None:
-            return
-        consumer = self.consumer
-        logger.info("processor consuming", extra={"topic": self.topics.reports})
+        self._running = True
+        try:
+            await self._connect()
+            if self.consumer is None:
+                return
+            consumer = self.consumer
+            logger.info("processor consuming", extra={"topic": self.topics.reports})
 
-        while not self._stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
-            if batches:
-                await self._handle(consumer, batches)
+            while not self._stopping.is_set():
+                batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
+                if batches:
+                    await self._handle(consumer, batches)
+        finally:
+            self._finished.set()
 
-    async def stop(self) -> None:
+    async def stop(self, grace_seconds: float = 15.0) -> None:
+        """Let the batch in hand finish (bounded), then close the producer, then the consumer
+        (which leaves the group, so its partitions move at once)."""
         self._stopping.set()
-        for client in (self.consumer, self.producer):
+        if self._running and self.consumer is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), timeout=grace_seconds)
+        for client in (self.producer, self.consumer):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.stop()
