@@ -8,13 +8,14 @@ therefore declares the topics it touches at start.
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from backuphub.metrics import CONSUMER_LAG
 from schemas.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,21 @@ def batch_consumer(
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         client_id=client_id,
     )
+
+
+def record_lag(
+    consumer: AIOKafkaConsumer, batches: Mapping[TopicPartition, Sequence[ConsumerRecord]]
+) -> None:
+    """Set the lag gauge of each partition a batch came from: how far its last record is from
+    the partition's end. Partitions a rebalance moved away during the batch are skipped (the
+    consumer no longer knows their end)."""
+    held = consumer.assignment()
+    for partition, taken in batches.items():
+        if partition not in held or not taken:
+            continue
+        end = consumer.highwater(partition) or 0
+        lag = max(0, end - (taken[-1].offset + 1))
+        CONSUMER_LAG.labels(partition.topic, str(partition.partition)).set(lag)
 
 
 async def ensure_topics(

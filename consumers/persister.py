@@ -22,10 +22,10 @@ from backuphub.kafka_topics import (
     batch_consumer,
     durable_producer,
     ensure_topics,
+    record_lag,
     start_when_reachable,
 )
 from backuphub.metrics import (
-    CONSUMER_LAG,
     DATABASE_ERRORS,
     EVENTS_FAILED,
     PERSIST_SECONDS,
@@ -227,13 +227,7 @@ class Persister:
                 # The rows are committed; the batch will be replayed and found already there.
                 logger.warning("offset commit failed", extra={"error": str(error)})
 
-            held = consumer.assignment()
-            for partition, taken in batches.items():
-                if partition not in held:
-                    continue  # given to another member by a rebalance during the batch
-                end = consumer.highwater(partition) or 0
-                lag = max(0, end - (taken[-1].offset + 1))
-                CONSUMER_LAG.labels(partition.topic, str(partition.partition)).set(lag)
+            record_lag(consumer, batches)
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -40,9 +40,10 @@ from backuphub.kafka_topics import (
     batch_consumer,
     durable_producer,
     ensure_topics,
+    record_lag,
     start_when_reachable,
 )
-from backuphub.metrics import CONSUMER_LAG, EVENTS_FAILED, EVENTS_PROCESSED
+from backuphub.metrics import EVENTS_FAILED, EVENTS_PROCESSED
 from processors.rules import ReportRejected, process_report
 from schemas.events import EventEnvelope
 from schemas.topics import DEFAULT_PREFIX, Topics
@@ -210,13 +211,7 @@ class ReportProcessor:
             # publishes the same ids again, which downstream already ignores.
             logger.warning("offset commit failed", extra={"error": str(error)})
 
-        held = consumer.assignment()
-        for partition, taken in batches.items():
-            if partition not in held:
-                continue  # given to another member by a rebalance during the batch
-            end = consumer.highwater(partition) or 0
-            lag = max(0, end - (taken[-1].offset + 1))
-            CONSUMER_LAG.labels(partition.topic, str(partition.partition)).set(lag)
+        record_lag(consumer, batches)
 
     async def run(self) -> None:
         self._running = True

@@ -47,7 +47,7 @@ def _report() -> bytes:
 
 def _publish(producer: _Producer, value: bytes) -> None:
     processor = ReportProcessor("127.0.0.1:1", Topics("t."))
-    processor.producer = producer  # type: ignore[assignment]
+    processor.producer = producer
     asyncio.run(processor._publish([_record(value)]))
 
 
@@ -86,3 +86,24 @@ def test_a_good_report_becomes_an_execution_keyed_by_its_job() -> None:
     [(topic, sent, _headers)] = producer.sent
     assert topic == "t.executions"
     assert b'"report_id":"r-1"' in sent
+
+
+def test_lag_is_not_asked_of_a_partition_a_rebalance_took_away() -> None:
+    from aiokafka import TopicPartition
+
+    from backuphub.kafka_topics import record_lag
+    from backuphub.metrics import CONSUMER_LAG
+
+    kept, moved = TopicPartition("t.reports.raw", 0), TopicPartition("t.reports.raw", 1)
+
+    class _Consumer:
+        def assignment(self) -> set[TopicPartition]:
+            return {kept}
+
+        def highwater(self, partition: TopicPartition) -> int:
+            assert partition == kept, "aiokafka asserts on a partition it does not hold"
+            return 100
+
+    record_lag(_Consumer(), {kept: [_record(b"x")], moved: [_record(b"y")]})
+
+    assert CONSUMER_LAG.labels("t.reports.raw", "0")._value.get() == 100 - 42
