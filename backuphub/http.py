@@ -52,16 +52,26 @@ def job_not_found(job_id: int, status_code: int = 400) -> ApiError:
     )
 
 
+def database_failure(
+    error: SQLAlchemyError,
+    service: str,
+    action: str,
+    message: str = "Database error, retry later",
+) -> ApiError:
+    """The 500 the API documents for a database failure, counted and logged by its action."""
+    DATABASE_ERRORS.labels(service).inc()
+    logger.error("database error", extra={"action": action, "error": type(error).__name__})
+    return ApiError(500, message)
+
+
 @contextlib.contextmanager
 def database_errors(service: str, action: str) -> Iterator[None]:
-    """Turn a database failure inside the block into the 500 the API documents, counted and
-    logged by its action; the transaction, if any, has been rolled back by then."""
+    """Turn a database failure inside the block into ``database_failure``'s 500; the
+    transaction, if any, has been rolled back by then."""
     try:
         yield
     except SQLAlchemyError as error:
-        DATABASE_ERRORS.labels(service).inc()
-        logger.error("database error", extra={"action": action, "error": type(error).__name__})
-        raise ApiError(500, "Database error, retry later") from error
+        raise database_failure(error, service, action) from error
 
 
 def envelope(success: bool, message: str, data: Any = None, **extra: Any) -> dict[str, Any]:
@@ -158,6 +168,11 @@ class RequestCounter:
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
+def body_too_large(limit: int) -> bytes:
+    """The body of the 413 for a request body over ``limit`` bytes."""
+    return json.dumps(envelope(False, f"Request body over {limit} bytes")).encode()
+
+
 class BodyLimit:
     """Answers 413 to a body over ``MAX_BODY_BYTES``, by its Content-Length or, when it is
     sent in chunks, as soon as the bytes read pass the limit."""
@@ -167,7 +182,7 @@ class BodyLimit:
         self.limit = limit
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(envelope(False, f"Request body over {self.limit} bytes")).encode()
+        body = body_too_large(self.limit)
         headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -13,9 +13,14 @@ from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+)
 
-from backuphub.metrics import CONSUMER_LAG
+from backuphub.metrics import CONSUMER_LAG, EVENTS_FAILED
 from schemas.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -85,6 +90,35 @@ def record_lag(
         end = consumer.highwater(partition) or 0
         lag = max(0, end - (taken[-1].offset + 1))
         CONSUMER_LAG.labels(partition.topic, str(partition.partition)).set(lag)
+
+
+async def set_aside(
+    producer: AIOKafkaProducer, topic: str, record: ConsumerRecord, reason: str, stage: str
+) -> "asyncio.Future[Any]":
+    """Send an event that ``stage`` cannot handle to the dead-letter ``topic`` as it came,
+    never drop it; when even that is too large, its place (topic, partition, offset) alone.
+    Counted and logged; returns the delivery, for the caller to await with its other sends."""
+    EVENTS_FAILED.labels(stage).inc()
+    logger.error(
+        "event set aside",
+        extra={
+            "stage": stage,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "reason": reason[:300],
+        },
+    )
+    headers = [
+        ("reason", reason[:500].encode()),
+        ("source_topic", record.topic.encode()),
+        ("source_partition", str(record.partition).encode()),
+        ("source_offset", str(record.offset).encode()),
+    ]
+    try:
+        return await producer.send(topic, record.value, key=record.key, headers=headers)
+    except (MessageSizeTooLargeError, RecordTooLargeError):
+        return await producer.send(topic, b"", key=record.key, headers=headers)
 
 
 async def ensure_topics(
@@ -160,8 +194,6 @@ async def start_when_reachable(
 async def events_written(bootstrap_servers: str, topic: str) -> int:
     """How many events were ever written to ``topic``: the sum of its partitions' end offsets
     (what the fault drills compare before and after a replay)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, request_timeout_ms=10000)
     await consumer.start()
     try:

@@ -1,13 +1,17 @@
-"""Running a service: its coroutine on the fastest event loop available, its HTTP server."""
+"""Running a service: its coroutine on the fastest event loop available, its HTTP server
+beside its consume loop."""
 
 import asyncio
 import contextlib
+import logging
 import signal
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import uvicorn
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -54,3 +58,33 @@ def service_server(app: Any, host: str, port: int) -> ServiceServer:
     return ServiceServer(
         uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
     )
+
+
+async def serve_beside(
+    server: uvicorn.Server,
+    worker: Coroutine[Any, Any, None],
+    name: str,
+    shutdown: Callable[[], Awaitable[None]],
+) -> None:
+    """Serve HTTP beside a service's ``worker`` (a consume loop) until the process is told to
+    stop or the worker ends; then ``shutdown`` (which tells the worker to finish) and the
+    worker's cancellation. A worker that died exits the process with 1, so that a supervisor
+    (systemd, compose, Kubernetes) restarts it."""
+    working = asyncio.create_task(worker)
+
+    def stop_serving(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("worker stopped", extra={"worker": name}, exc_info=task.exception())
+        server.should_exit = True
+
+    working.add_done_callback(stop_serving)
+    try:
+        await server.serve()
+    finally:
+        crashed = working.done() and not working.cancelled() and working.exception() is not None
+        await shutdown()
+        working.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await working
+    if crashed:
+        raise SystemExit(1)

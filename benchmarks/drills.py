@@ -173,14 +173,14 @@ def topic_end_offsets(bootstrap: str, topic: str) -> int:
 
 
 def drill_broker_kill(workdir: Path) -> dict[str, Any]:
-    broker = harness.PrivateKafka(workdir / "kafka")
+    broker = harness.PrivateKafka(workdir / "kafka", wait_timeout=120)
     log("broker_kill: starting a broker of the drill's own")
     broker.start()
     events: dict[str, float] = {}
     try:
         with (
             harness.fresh_database(label="drill_broker") as database_url,
-            trio(workdir, database_url, broker.bootstrap) as (deployment, _prefix),
+            trio(workdir, database_url, broker.bootstrap_servers) as (deployment, _prefix),
         ):
             jobs = harness.register_jobs(deployment.ingest.url, 200, "broker")
             agents = Agents(deployment.ingest.url, jobs, workdir, "broker", rate=200, duration=70)

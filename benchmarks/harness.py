@@ -409,27 +409,44 @@ def group_offsets(bootstrap: str, group: str) -> dict[str, int]:
     return asyncio.run(asyncio.wait_for(read(), timeout=20))
 
 
+def file_tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a log file ('' when it is not there)."""
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
 @dataclass
 class PrivateKafka:
-    """A broker of a drill's own on free ports and a temporary folder, via ``kafka.sh``."""
+    """A single-node broker of a drill's or a test's own, on free ports with its own data
+    folder, via ``kafka.sh``; it may be killed and started again."""
 
     state_dir: Path
     port: int = field(default_factory=free_port)
     controller_port: int = field(default_factory=free_port)
+    wait_timeout: int = 90  # seconds kafka.sh waits for the broker to answer
 
     @property
-    def bootstrap(self) -> str:
+    def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "kafka" / "kafka.log"
+
     def _run(self, command: str, timeout: float) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "BACKUPHUB_"))}
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("KAFKA_", "BACKUPHUB_STATE"))
+        }
         env.update(
             {
                 "KAFKA_PORT": str(self.port),
                 "KAFKA_CONTROLLER_PORT": str(self.controller_port),
                 "BACKUPHUB_STATE": str(self.state_dir),
                 "KAFKA_WAIT_PYTHON": sys.executable,
-                "KAFKA_WAIT_TIMEOUT": "120",
+                "KAFKA_WAIT_TIMEOUT": str(self.wait_timeout),
                 "KAFKA_STOP_TIMEOUT": "20",
             }
         )
@@ -442,20 +459,40 @@ class PrivateKafka:
             check=False,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"kafka.sh {command} failed: {result.stderr[-2000:]}")
+            raise RuntimeError(
+                f"kafka.sh {command} failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
+                f"\nlast lines of {self.log_path}:\n{file_tail(self.log_path)}"
+            )
 
     def start(self) -> None:
-        self._run("start", 180)
+        self._run("start", timeout=300)  # a first start may fetch the jars
 
     def kill(self) -> None:
-        self._run("kill", 30)
+        self._run("kill", timeout=30)
 
     def stop(self) -> None:
-        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-            self._run("stop", 60)
+        try:
+            self._run("stop", timeout=60)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            self._kill_by_pid_file()
+            raise
+
+    def _kill_by_pid_file(self) -> None:
+        """Last resort when ``kafka.sh stop`` failed: the pid the script recorded for us."""
+        pid_file = self.state_dir / "kafka" / "kafka.pid"
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if str(self.state_dir).encode() in cmdline:
+                os.kill(pid, signal.SIGKILL)
+
+    def remove_data(self) -> None:
+        shutil.rmtree(self.state_dir / "kafka" / "data", ignore_errors=True)
 
     def remove(self) -> None:
-        self.stop()
+        """Stop it (as best it can) and delete its whole folder."""
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            self.stop()
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 

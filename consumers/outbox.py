@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from backuphub.kafka_topics import durable_producer, start_when_reachable
 from backuphub.metrics import ALERTS_PUBLISHED, DATABASE_ERRORS
 from schemas.events import utc_now
-from schemas.tables import alert_outbox
+from schemas.tables import alert_outbox, one_of
 from schemas.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ def claim_unpublished(connection: Connection, limit: int = BATCH) -> Sequence[Ro
 
 def mark_published(connection: Connection, ids: Sequence[int]) -> None:
     connection.execute(
-        update(alert_outbox).where(alert_outbox.c.id.in_(list(ids))).values(published_at=utc_now())
+        update(alert_outbox)
+        .where(one_of(connection, alert_outbox.c.id, ids))
+        .values(published_at=utc_now())
     )
 
 

@@ -23,11 +23,11 @@ from backuphub.kafka_topics import (
     durable_producer,
     ensure_topics,
     record_lag,
+    set_aside,
     start_when_reachable,
 )
 from backuphub.metrics import (
     DATABASE_ERRORS,
-    EVENTS_FAILED,
     PERSIST_SECONDS,
     ROWS_PERSISTED,
 )
@@ -111,20 +111,8 @@ class Persister:
     async def _set_aside(self, record: ConsumerRecord, reason: str) -> None:
         """Keep an event that cannot be written on the dead-letter topic, never drop it."""
         assert self.dead_letters is not None
-        EVENTS_FAILED.labels("persist").inc()
-        logger.error(
-            "event set aside",
-            extra={
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "reason": reason,
-            },
-        )
-        headers = [("reason", reason[:500].encode()), ("source_topic", record.topic.encode())]
-        await self.dead_letters.send_and_wait(
-            self.topics.dead_letters, record.value, key=record.key, headers=headers
-        )
+        topic = self.topics.dead_letters
+        await (await set_aside(self.dead_letters, topic, record, reason, stage="persist"))
 
     async def _write_with_retry(self, executions: list[ExecutionRecord]) -> int | None:
         """Write until the database takes it. None when the batch holds a row it refuses."""

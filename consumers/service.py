@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from backuphub.http import ApiError, envelope, install_common
-from backuphub.loop import service_server
+from backuphub.loop import serve_beside, service_server
 from backuphub.settings import Settings
 from consumers.alert_checker import MissingBackupChecker
 from consumers.alerts_api import alert_routers
@@ -51,8 +51,6 @@ async def serve_persister(settings: Settings, engine: Engine, host: str, port: i
     app = create_query_app(engine, settings.jwt_secret, persister)
     server = service_server(app, host, port)
 
-    persisting = asyncio.create_task(persister.run())
-
     stopping = asyncio.Event()
     publisher = OutboxPublisher(engine, settings.kafka_bootstrap_servers, settings.topics)
     checker = MissingBackupChecker(engine, interval_seconds=settings.alert_check_seconds)
@@ -63,26 +61,13 @@ async def serve_persister(settings: Settings, engine: Engine, host: str, port: i
         asyncio.create_task(checker.run(stopping)),
     ]
 
-    def stop_when_persister_ends(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("persister stopped", exc_info=task.exception())
-        server.should_exit = True
-
-    persisting.add_done_callback(stop_when_persister_ends)
-    try:
-        await server.serve()
-    finally:
-        crashed = persisting.done() and not persisting.cancelled() and persisting.exception()
+    async def shutdown() -> None:
         stopping.set()
         await persister.stop()
-        persisting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await persisting
         for task in alerting:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await publisher.stop()
-    if crashed:
-        # A non-zero exit, so that a supervisor (systemd, compose, Kubernetes) restarts it.
-        raise SystemExit(1)
+
+    await serve_beside(server, persister.run(), "persister", shutdown)

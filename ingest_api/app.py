@@ -19,10 +19,9 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from backuphub.http import ApiError, envelope, install_common, job_not_found
-from backuphub.metrics import AUTH_FAILURES, REPORTS_REJECTED
 from backuphub.security import ApiKeys
 from ingest_api.auth_monitor import AlertEmitter, AuthFailureMonitor, LoggingEmitter
-from ingest_api.gateway import PREFIX, ReportGateway, describe_report_routes
+from ingest_api.gateway import PREFIX, ReportGateway, describe_report_routes, require_api_key
 from ingest_api.intake import ReportIntake, database_failure
 from ingest_api.publish import ReportSink
 from ingest_api.registry import JobNotFound, JobRegistry, NameTaken
@@ -33,11 +32,8 @@ logger = logging.getLogger(__name__)
 
 def _api_key_check(keys: ApiKeys, alarms: "AuthAlarms") -> Callable[..., Any]:
     async def check(request: Request) -> None:
-        if not keys.accepts(request.headers.get("x-api-key")):
-            AUTH_FAILURES.labels("api_key").inc()
-            REPORTS_REJECTED.labels("auth").inc()
-            await alarms.failure(request.client.host if request.client else "unknown")
-            raise ApiError(401, "Invalid or missing API key")
+        source = request.client.host if request.client else "unknown"
+        await require_api_key(keys, alarms, request.headers.get("x-api-key"), source)
 
     return check
 

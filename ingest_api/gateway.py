@@ -29,7 +29,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import URL
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from backuphub.http import MAX_BODY_BYTES, ApiError, envelope, error_body, invalid_request
+from backuphub.http import (
+    MAX_BODY_BYTES,
+    ApiError,
+    body_too_large,
+    envelope,
+    error_body,
+    invalid_request,
+)
 from backuphub.metrics import AUTH_FAILURES, REPORTS_REJECTED, REQUESTS
 from backuphub.security import ApiKeys
 from ingest_api.intake import ReportIntake
@@ -62,6 +69,18 @@ def _first_header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
+
+
+async def require_api_key(keys: ApiKeys, alarms: Any, presented: str | None, source: str) -> None:
+    """Raise the 401 unless ``presented`` is an accepted key; a refusal is counted and told to
+    the auth-failure monitor (``alarms.failure``) under the client's address ``source``."""
+    if keys.accepts(presented):
+        return
+
+    AUTH_FAILURES.labels("api_key").inc()
+    REPORTS_REJECTED.labels("auth").inc()
+    await alarms.failure(source)
+    raise ApiError(401, "Invalid or missing API key")
 
 
 class ReportGateway:
@@ -148,8 +167,7 @@ class ReportGateway:
 
             data = await handler(body)
         except _BodyTooLarge:
-            message = f"Request body over {self.max_body} bytes"
-            return 413, orjson.dumps(envelope(False, message)), [(b"connection", b"close")]
+            return 413, body_too_large(self.max_body), [(b"connection", b"close")]
         except ApiError as error:
             extra = [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
             return error.status_code, orjson.dumps(error_body(error)), extra
@@ -163,14 +181,8 @@ class ReportGateway:
 
     async def _check_key(self, presented: bytes | None, scope: Scope) -> None:
         key = presented.decode("latin-1") if presented is not None else None
-        if self.keys.accepts(key):
-            return
-
-        AUTH_FAILURES.labels("api_key").inc()
-        REPORTS_REJECTED.labels("auth").inc()
         client = scope.get("client")
-        await self.alarms.failure(client[0] if client else "unknown")
-        raise ApiError(401, "Invalid or missing API key")
+        await require_api_key(self.keys, self.alarms, key, client[0] if client else "unknown")
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []

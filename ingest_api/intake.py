@@ -11,8 +11,9 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from backuphub import http
 from backuphub.http import ApiError, envelope, job_not_found
-from backuphub.metrics import DATABASE_ERRORS, REPORTS_ACCEPTED, REPORTS_REJECTED
+from backuphub.metrics import REPORTS_ACCEPTED, REPORTS_REJECTED
 from ingest_api.publish import ReportSink, SinkUnavailable
 from ingest_api.registry import JobRegistry
 from ingest_api.reports import ReportKind, report_event
@@ -25,9 +26,8 @@ logger = logging.getLogger(__name__)
 
 def database_failure(error: SQLAlchemyError, action: str) -> ApiError:
     """The 500 for a database error during ``action``; whatever it changed was rolled back."""
-    DATABASE_ERRORS.labels("ingest").inc()
-    logger.error("database error", extra={"action": action, "error": type(error).__name__})
-    return ApiError(500, "Database error: the change was rolled back, retry later")
+    message = "Database error: the change was rolled back, retry later"
+    return http.database_failure(error, "ingest", action, message)
 
 
 class ReportIntake:

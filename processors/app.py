@@ -5,14 +5,12 @@ Alerts are not decided here: they are decided in the persister's transaction aga
 the state that keeps one open alert per job and kind without repeats.
 """
 
-import asyncio
-import contextlib
 import logging
 
 from fastapi import FastAPI
 
 from backuphub.http import ApiError, envelope, install_common
-from backuphub.loop import run, service_server
+from backuphub.loop import run, serve_beside, service_server
 from backuphub.settings import Settings
 from processors.stream import ReportProcessor
 
@@ -43,25 +41,7 @@ async def serve_processor(settings: Settings, host: str, port: int) -> None:
     processor = ReportProcessor(settings.kafka_bootstrap_servers, settings.topics)
     app = create_processor_web_app(processor)
     server = service_server(app, host, port)
-    processing = asyncio.create_task(processor.run())
-
-    def stop_when_processor_ends(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("processor stopped", exc_info=task.exception())
-        server.should_exit = True
-
-    processing.add_done_callback(stop_when_processor_ends)
-    try:
-        await server.serve()
-    finally:
-        crashed = processing.done() and not processing.cancelled() and processing.exception()
-        await processor.stop()
-        processing.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await processing
-    if crashed:
-        # A non-zero exit, so that a supervisor (systemd, compose, Kubernetes) restarts it.
-        raise SystemExit(1)
+    await serve_beside(server, processor.run(), "processor", processor.stop)
 
 
 def run_processor(settings: Settings, *, web_host: str = "127.0.0.1", web_port: int = 8001) -> None:

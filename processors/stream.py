@@ -41,9 +41,10 @@ from backuphub.kafka_topics import (
     durable_producer,
     ensure_topics,
     record_lag,
+    set_aside,
     start_when_reachable,
 )
-from backuphub.metrics import EVENTS_FAILED, EVENTS_PROCESSED
+from backuphub.metrics import EVENTS_PROCESSED
 from processors.rules import ReportRejected, process_report
 from schemas.events import EventEnvelope
 from schemas.topics import DEFAULT_PREFIX, Topics
@@ -80,7 +81,6 @@ class ReportProcessor:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
-        self._running = False
         self._finished = asyncio.Event()
         # When the current run of failed publishes began; None while they succeed.
         self.failing_since: float | None = None
@@ -163,22 +163,9 @@ class ReportProcessor:
         """Send a report the rules cannot turn into executions to the dead-letter topic, as it
         came; when even that is too large, its place (topic, partition, offset) alone."""
         assert self.producer is not None
-        EVENTS_FAILED.labels("process").inc()
-        logger.error(
-            "report set aside",
-            extra={"key": record.key, "offset": record.offset, "error": reason[:300]},
+        return await set_aside(
+            self.producer, self.topics.dead_letters, record, reason, stage="process"
         )
-        headers = [
-            ("reason", reason[:500].encode()),
-            ("source_topic", record.topic.encode()),
-            ("source_partition", str(record.partition).encode()),
-            ("source_offset", str(record.offset).encode()),
-        ]
-        topic = self.topics.dead_letters
-        try:
-            return await self.producer.send(topic, record.value, key=record.key, headers=headers)
-        except (MessageSizeTooLargeError, RecordTooLargeError):
-            return await self.producer.send(topic, b"", key=record.key, headers=headers)
 
     async def _handle(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
@@ -214,7 +201,6 @@ class ReportProcessor:
         record_lag(consumer, batches)
 
     async def run(self) -> None:
-        self._running = True
         try:
             await self._connect()
             if self.consumer is None:
@@ -233,7 +219,7 @@ class ReportProcessor:
         """Let the batch in hand finish (bounded), then close the producer, then the consumer
         (which leaves the group, so its partitions move at once)."""
         self._stopping.set()
-        if self._running and self.consumer is not None:
+        if self.consumer is not None:  # connected, so run() is in its loop
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._finished.wait(), timeout=grace_seconds)
         for client in (self.producer, self.consumer):

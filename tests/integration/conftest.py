@@ -21,8 +21,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from benchmarks.harness import PrivateKafka
 from tests.integration.running_services import (
-    PrivateKafka,
     ServiceTrio,
     live_services,
     new_topic_prefix,

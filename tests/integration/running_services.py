@@ -1,10 +1,11 @@
-"""The distributed deployment, started for real on loopback: the service trio and a Kafka broker.
+"""The distributed deployment, started for real on loopback: the service trio and its clients.
 
 ``ServiceTrio`` runs ``backuphub ingest``, ``backuphub process`` and ``backuphub persist`` as
 subprocesses of the test session (``sys.executable -m backuphub.cli ...``), each on a port the
-OS hands out, each with its log in a file. ``PrivateKafka`` runs a broker of the test's own
-through ``deploy/local/kafka.sh``, for drills that kill a broker. ``Agent`` and ``Reader`` speak
-the HTTP API the way an AOMEI agent and a dashboard do. Every wait here has a deadline.
+OS hands out, each with its log in a file. A broker of a test's own, for drills that kill it,
+is ``benchmarks.harness.PrivateKafka``, shared with the benchmark's drills. ``Agent`` and
+``Reader`` speak the HTTP API the way an AOMEI agent and a dashboard do. Every wait here has a
+deadline.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,9 +29,6 @@ from sqlalchemy import Engine, func, select, text
 
 from backuphub.security import issue_token
 from schemas.tables import backup_executions
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-KAFKA_SCRIPT = REPO_ROOT / "deploy" / "local" / "kafka.sh"
 
 API_KEY = "it-agent-key-" + "k" * 24
 JWT_SECRET = "it-jwt-secret-" + "s" * 32
@@ -421,84 +418,6 @@ def backend_alive(db: Engine, pid: int) -> bool:
                 text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
             ).scalar_one()
         )
-
-
-# --- a broker of the test's own ----------------------------------------------------------------
-
-
-@dataclass
-class PrivateKafka:
-    """A single-node broker on free ports with its own data folder, via ``kafka.sh``."""
-
-    state_dir: Path
-    port: int = field(default_factory=free_port)
-    controller_port: int = field(default_factory=free_port)
-
-    @property
-    def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.state_dir / "kafka" / "kafka.log"
-
-    def _script(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("KAFKA_", "BACKUPHUB_STATE"))
-        }
-        env.update(
-            {
-                "KAFKA_PORT": str(self.port),
-                "KAFKA_CONTROLLER_PORT": str(self.controller_port),
-                "BACKUPHUB_STATE": str(self.state_dir),
-                "KAFKA_WAIT_PYTHON": sys.executable,
-                "KAFKA_WAIT_TIMEOUT": "90",
-                "KAFKA_STOP_TIMEOUT": "20",
-            }
-        )
-        return subprocess.run(
-            ["bash", str(KAFKA_SCRIPT), command],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def _run(self, command: str, timeout: float) -> None:
-        result = self._script(command, timeout)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"kafka.sh {command} failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
-                f"\nlast lines of {self.log_path}:\n{tail(self.log_path)}"
-            )
-
-    def start(self) -> None:
-        self._run("start", timeout=300)  # a first start may fetch the jars
-
-    def kill(self) -> None:
-        self._run("kill", timeout=30)
-
-    def stop(self) -> None:
-        try:
-            self._run("stop", timeout=60)
-        except (RuntimeError, subprocess.TimeoutExpired):
-            self._kill_by_pid_file()
-            raise
-
-    def _kill_by_pid_file(self) -> None:
-        """Last resort when ``kafka.sh stop`` failed: the pid the script recorded for us."""
-        pid_file = self.state_dir / "kafka" / "kafka.pid"
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if str(self.state_dir).encode() in cmdline:
-                os.kill(pid, signal.SIGKILL)
-
-    def remove_data(self) -> None:
-        shutil.rmtree(self.state_dir / "kafka" / "data", ignore_errors=True)
 
 
 # --- the two kinds of clients -------------------------------------------------------------------

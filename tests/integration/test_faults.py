@@ -26,13 +26,13 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
+from benchmarks.harness import PrivateKafka
 from consumers.persister import persister_group
 from processors.stream import processor_group
 from schemas.topics import Topics
 from tests.integration.conftest import TrioFactory
 from tests.integration.running_services import (
     Agent,
-    PrivateKafka,
     ServiceTrio,
     backend_alive,
     backends_blocked_by,
